@@ -1,0 +1,42 @@
+# Sluice: `make run` starts the platform with a demo service; `make test` installs and runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8080
+
+.PHONY: run test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[demo,test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m sluice.demo.digits --train >/dev/null
+	@echo "Starting Sluice on http://127.0.0.1:$(PORT) with the demo service 'digits'. In another shell:"
+	@echo "  $(BIN)/sluice put-file digits/input examples/digits/samples/*.csv"
+	@echo "  $(BIN)/sluice jobs digits"
+	@echo "  $(BIN)/sluice ls digits/output"
+	@echo "  $(BIN)/sluice get-file digits/output/digit-0-0.json - "
+	$(BIN)/sluice serve --port $(PORT) --apply examples/digits/digits.yaml
+
+# PostgreSQL server binaries for the throwaway test cluster (tests/pg.py).
+system-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi
+
+test: system-deps $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/async_jobs.py
+
+clean:
+	rm -rf $(VENV) .sluice .pytest_cache

@@ -1,0 +1,205 @@
+"""Async jobs through Sluice beside the machine's limit, in one run.
+
+    .venv/bin/python benchmarks/async_jobs.py [--files 1000] [--events 20000]
+
+1. Baseline: the service's script run FILES times with plain `subprocess`, as many at once as
+   there are cores: what the machine can do with no platform at all.
+2. Sluice: a real `sluice serve` (SQLite, local buckets, process executor); FILES small files are
+   uploaded over HTTP (16 at a time); every upload is acknowledged only after its job is committed.
+   Reports upload acceptance rate, jobs/s from the first upload to the last job's end, and
+   upload-to-start latency (job start minus its durable acceptance, both server-side).
+3. Durable event acceptance: MinIO-format events (100 records a request, 8 requests at once) on an
+   API-only server (`--workers 0`), so nothing competes with acceptance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.server import PASSWORD, ServerProcess
+
+SCRIPT = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n'
+AUTH = ("oscar", PASSWORD)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def baseline(files: int, work: Path) -> float:
+    script = work / "script.sh"
+    script.write_text(SCRIPT)
+    inputs = work / "base-in"
+    inputs.mkdir()
+    for i in range(files):
+        (inputs / f"f{i}.txt").write_text(f"file {i}\n")
+
+    def run_one(i: int) -> None:
+        out = work / "base-out" / str(i)
+        out.mkdir(parents=True)
+        env = {
+            "PATH": os.environ["PATH"],
+            "INPUT_FILE_PATH": str(inputs / f"f{i}.txt"),
+            "TMP_OUTPUT_DIR": str(out),
+        }
+        subprocess.run(["/bin/sh", str(script)], env=env, check=True)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(run_one, range(files)))
+    return files / (time.perf_counter() - started)
+
+
+def session(endpoint: str) -> aiohttp.ClientSession:
+    # aiohttp, not httpx, as the load generator: httpx costs ~1 ms of CPU per request and would
+    # measure itself on a 2-core machine.
+    return aiohttp.ClientSession(endpoint, headers={"Authorization": basic_auth(*AUTH)})
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def upload_all(endpoint: str, files: int) -> tuple[float, float]:
+    async with session(endpoint) as client:
+        async with client.post(
+            "/system/services",
+            json={
+                "name": "bench",
+                "image": "none",
+                "script": SCRIPT,
+                "input": [{"storage_provider": "minio.default", "path": "bench/in"}],
+                "output": [{"storage_provider": "minio.default", "path": "bench/out"}],
+            },
+        ) as response:
+            response.raise_for_status()
+        gate = asyncio.Semaphore(16)
+
+        async def put(i: int) -> None:
+            async with gate, client.put(f"/v1/buckets/bench/objects/in/f{i}.txt", data=f"file {i}\n") as r:
+                r.raise_for_status()
+                await r.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(put(i) for i in range(files)))
+        return started, time.perf_counter()
+
+
+async def wait_done(endpoint: str, files: int, timeout: float = 600) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=endpoint, auth=AUTH, timeout=60) as client:
+        while time.monotonic() < deadline:
+            jobs: list[dict] = []
+            page = None
+            while True:
+                params = {"limit": 1000, **({"page": page} if page else {})}
+                data = (await client.get("/v1/services/bench/jobs", params=params)).json()
+                jobs += data["jobs"]
+                page = data["next_page"]
+                if not page:
+                    break
+            if sum(j["status"] in ("succeeded", "failed") for j in jobs) >= files:
+                return jobs
+            await asyncio.sleep(0.2)
+    raise TimeoutError("jobs did not finish")
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def accept_events(endpoint: str, events: int, per_request: int = 100) -> float:
+    records = [
+        {
+            "eventName": "s3:ObjectCreated:Put",
+            "s3": {"bucket": {"name": "sink"}, "object": {"key": f"in/e{i}.txt", "eTag": f"{i:032x}"}},
+        }
+        for i in range(events)
+    ]
+    async with session(endpoint) as client:
+        async with client.post(
+            "/system/services",
+            json={
+                "name": "sink",
+                "image": "none",
+                "script": "true",
+                "input": [{"storage_provider": "minio.default", "path": "sink/in"}],
+            },
+        ) as response:
+            response.raise_for_status()
+        gate = asyncio.Semaphore(8)
+
+        async def post(chunk: list[dict]) -> None:
+            async with gate, client.post("/v1/events/minio", json={"Records": chunk}) as response:
+                response.raise_for_status()
+                await response.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(post(records[i : i + per_request]) for i in range(0, events, per_request)))
+        return events / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=20000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        work = Path(tmp)
+        base_rate = baseline(args.files, work)
+
+        server = ServerProcess(work / "data", extra_args=("--reconcile-interval", "0")).start()
+        try:
+            up_start, up_end = asyncio.run(upload_all(server.endpoint, args.files))
+            jobs = asyncio.run(wait_done(server.endpoint, args.files))
+        finally:
+            server.stop()
+        ok = sum(j["status"] == "succeeded" for j in jobs)
+        last_end = max(ts(j["finished_at"]) for j in jobs)
+        first_created = min(ts(j["created_at"]) for j in jobs)
+        rate = len(jobs) / (last_end - first_created)
+        to_start = [(ts(j["started_at"]) - ts(j["created_at"])) * 1000 for j in jobs]
+
+        api_only = ServerProcess(
+            work / "data-events", extra_args=("--reconcile-interval", "0", "--workers", "0")
+        )
+        api_only.start()
+        try:
+            event_rate = asyncio.run(accept_events(api_only.endpoint, args.events))
+        finally:
+            api_only.stop()
+
+    print(f"files: {args.files}, cores: {os.cpu_count()}, succeeded: {ok}")
+    print(f"baseline (plain subprocess, {os.cpu_count()} at once): {base_rate:8.0f} runs/s")
+    print(
+        f"sluice jobs (upload -> last job done):           {rate:8.0f} jobs/s  "
+        f"ratio {rate / base_rate:.2f} of baseline"
+    )
+    print(f"uploads durably accepted (16 concurrent PUTs):   {args.files / (up_end - up_start):8.0f} /s")
+    print(
+        f"upload-to-start latency: p50 {percentile(to_start, 50):.1f} ms, "
+        f"p99 {percentile(to_start, 99):.1f} ms, mean {statistics.fmean(to_start):.1f} ms"
+    )
+    print(f"events durably accepted (100 per request):       {event_rate:8.0f} /s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Sluice: serverless AI inference and pipelines, wire-compatible with OSCAR."""
+
+__version__ = "0.1.0"

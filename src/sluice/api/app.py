@@ -1,0 +1,63 @@
+"""The composition root: `create_app(settings)` builds every part and wires the routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sluice import __version__
+from sluice.api import buckets, events, jobs, services, system
+from sluice.api.auth import Credentials
+from sluice.api.errors import install_error_handlers
+from sluice.api.signing import UrlSigner, load_key
+from sluice.db.database import Database
+from sluice.engine.platform import Platform
+from sluice.executors import load_executor
+from sluice.settings import Settings
+from sluice.spec.service import ServiceSpec
+from sluice.storage.registry import StorageRouter, open_storage
+
+log = logging.getLogger("sluice")
+
+
+def create_app(
+    settings: Settings, executor_name: str = "process", initial_services: Sequence[ServiceSpec] = ()
+) -> FastAPI:
+    """Build the app. `initial_services` are created or updated once the platform has started."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    password, _ = settings.ensure_admin_password()
+    db = Database(settings.database_url)
+    db.migrate()
+    storage = StorageRouter(open_storage(settings.storage, settings.data_dir))
+    platform = Platform(settings, db, storage, load_executor(executor_name))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        for spec in initial_services:
+            _, created = await platform.apply_service(spec, owner=settings.admin_user)
+            log.info("service %s %s", spec.name, "created" if created else "updated")
+        try:
+            yield
+        finally:
+            await platform.stop()
+            db.close()
+
+    app = FastAPI(
+        title="Sluice",
+        version=__version__,
+        description="Serverless AI inference, wire-compatible with OSCAR's v4 API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.platform = platform
+    app.state.credentials = Credentials(settings.admin_user, password)
+    app.state.signer = UrlSigner(load_key(settings.data_dir), settings.base_url)
+    install_error_handlers(app)
+    for module in (system, services, jobs, buckets, events):
+        app.include_router(module.router)
+    app.include_router(system.fallback_router)
+    return app

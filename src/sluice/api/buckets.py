@@ -1,0 +1,219 @@
+"""Buckets and objects on the platform's default store: OSCAR's /system/buckets routes, Sluice's
+object routes under /v1 (upload, download, list, delete) and the presigned URLs of the local store.
+
+An upload to a service's input path is stored and its jobs committed before the answer goes out.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+
+from sluice.api.auth import Caller, require_admin
+from sluice.api.shapes import iso, object_json
+from sluice.api.uploads import spool_body
+from sluice.engine.platform import Platform
+from sluice.errors import BucketNotFound, InvalidInput
+from sluice.storage.base import validate_bucket, validate_key
+
+router = APIRouter(tags=["buckets"])
+
+
+class BucketBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    bucket_name: str
+
+
+class PresignBody(BaseModel):
+    object_key: str
+    operation: str = Field(pattern="^(upload|download)$")
+    expires_in: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    expires: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)  # what oscar-python sends
+    content_type: str | None = None
+
+
+def _platform(request: Request) -> Platform:
+    return request.app.state.platform
+
+
+def _bucket_json(request: Request, bucket: str) -> dict[str, Any]:
+    return {
+        "bucket_name": bucket,
+        "visibility": "private",
+        "allowed_users": [],
+        "owner": request.app.state.settings.admin_user,
+    }
+
+
+@router.get("/system/buckets")
+async def list_buckets(request: Request, _: Caller = Depends(require_admin)) -> list[dict[str, Any]]:
+    return [_bucket_json(request, b) for b in await _platform(request).default_store().list_buckets()]
+
+
+@router.post("/system/buckets", status_code=201)
+async def create_bucket(body: BucketBody, request: Request, _: Caller = Depends(require_admin)) -> Response:
+    await _platform(request).default_store().create_bucket(validate_bucket(body.bucket_name))
+    return Response(status_code=201)
+
+
+@router.put("/system/buckets", status_code=204)
+async def update_bucket(body: BucketBody, request: Request, _: Caller = Depends(require_admin)) -> Response:
+    store = _platform(request).default_store()
+    if not await store.bucket_exists(validate_bucket(body.bucket_name)):
+        raise BucketNotFound(body.bucket_name)
+    return Response(status_code=204)  # visibility is single-user for now: nothing else to change
+
+
+@router.get("/system/buckets/{bucket}")
+async def get_bucket(
+    bucket: str,
+    request: Request,
+    page: str | None = None,
+    prefix: str = "",
+    limit: int = Query(1000, ge=1, le=1000),
+    _: Caller = Depends(require_admin),
+) -> dict[str, Any]:
+    listing = await _platform(request).default_store().list_page(validate_bucket(bucket), prefix, page, limit)
+    return {
+        **_bucket_json(request, bucket),
+        "objects": [object_json(o) for o in listing.objects],
+        "next_page": listing.next_token or "",
+        "is_truncated": listing.next_token is not None,
+        "returned_items": len(listing.objects),
+    }
+
+
+@router.delete("/system/buckets/{bucket}", status_code=204)
+async def delete_bucket(bucket: str, request: Request, _: Caller = Depends(require_admin)) -> Response:
+    await _platform(request).default_store().delete_bucket(validate_bucket(bucket), force=True)
+    return Response(status_code=204)
+
+
+@router.post("/system/buckets/{bucket}/presign")
+async def presign(
+    bucket: str, body: PresignBody, request: Request, _: Caller = Depends(require_admin)
+) -> dict[str, Any]:
+    validate_bucket(bucket)
+    key = validate_key(body.object_key)
+    expires_in = body.expires_in or body.expires or 3600
+    store = _platform(request).default_store()
+    if not await store.bucket_exists(bucket):
+        raise BucketNotFound(bucket)
+    url = store.presign(bucket, key, body.operation, expires_in)  # type: ignore[arg-type]
+    if url is None:
+        url, _expires = request.app.state.signer.url(body.operation, bucket, key, expires_in)
+    return {
+        "url": url,
+        "method": "PUT" if body.operation == "upload" else "GET",
+        "object_key": key,
+        "operation": body.operation,
+        "expires_at": iso(time.time() + expires_in),
+        "headers": {"Content-Type": body.content_type} if body.content_type else {},
+    }
+
+
+# native object routes
+
+
+async def _upload(request: Request, bucket: str, key: str) -> JSONResponse:
+    platform = _platform(request)
+    validate_bucket(bucket)
+    validate_key(key)
+    store = platform.default_store()
+    if not await store.bucket_exists(bucket):
+        raise BucketNotFound(bucket)
+    staging_path = getattr(store, "staging_path", None)
+    staged = staging_path() if staging_path else Path(tempfile.mkstemp(prefix="sluice-upload-")[1])
+    await spool_body(request, staged, request.app.state.settings.max_upload)
+    upload = await platform.store_upload(staged, bucket, key)
+    ids = [a.job_id for a in upload.jobs]
+    headers = {"ETag": f'"{upload.info.etag}"'}
+    if ids:
+        headers["X-Job-Id"] = ids[0]
+    return JSONResponse(
+        {**object_json(upload.info), "bucket": bucket, "jobs": ids}, status_code=201, headers=headers
+    )
+
+
+async def _download(request: Request, bucket: str, key: str) -> Response:
+    store = _platform(request).default_store()
+    validate_bucket(bucket)
+    validate_key(key)
+    open_path = getattr(store, "open_path", None)
+    if open_path is not None:
+        return FileResponse(open_path(bucket, key), filename=Path(key).name)
+    handle, temp = tempfile.mkstemp(prefix="sluice-download-")
+    os.close(handle)
+    try:
+        await store.get(bucket, key, Path(temp))
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return FileResponse(temp, filename=Path(key).name, background=BackgroundTask(Path(temp).unlink))
+
+
+@router.put("/v1/buckets/{bucket}/objects/{key:path}", status_code=201)
+async def put_object(
+    bucket: str, key: str, request: Request, _: Caller = Depends(require_admin)
+) -> JSONResponse:
+    """Upload the raw body as `key`. If `key` is in a service's input path, its job is created
+    before this answers (ids in `jobs` and the `X-Job-Id` header)."""
+    return await _upload(request, bucket, key)
+
+
+@router.get("/v1/buckets/{bucket}/objects/{key:path}")
+async def get_object(bucket: str, key: str, request: Request, _: Caller = Depends(require_admin)) -> Response:
+    return await _download(request, bucket, key)
+
+
+@router.delete("/v1/buckets/{bucket}/objects/{key:path}", status_code=204)
+async def delete_object(
+    bucket: str, key: str, request: Request, _: Caller = Depends(require_admin)
+) -> Response:
+    await _platform(request).default_store().delete(validate_bucket(bucket), validate_key(key))
+    return Response(status_code=204)
+
+
+@router.get("/v1/buckets/{bucket}/objects")
+async def list_objects(
+    bucket: str,
+    request: Request,
+    prefix: str = "",
+    page: str | None = None,
+    limit: int = Query(1000, ge=1, le=1000),
+    _: Caller = Depends(require_admin),
+) -> dict[str, Any]:
+    listing = await _platform(request).default_store().list_page(validate_bucket(bucket), prefix, page, limit)
+    return {"objects": [object_json(o) for o in listing.objects], "next_page": listing.next_token}
+
+
+def _check_signature(
+    request: Request, operation: str, bucket: str, key: str, expires: int, signature: str, op: str
+) -> None:
+    if op != operation:
+        raise InvalidInput(f"this URL is for '{op}', not '{operation}'")
+    request.app.state.signer.verify(operation, bucket, key, expires, signature)
+
+
+@router.put("/v1/presigned/{bucket}/{key:path}", status_code=201, include_in_schema=False)
+async def presigned_put(
+    bucket: str, key: str, request: Request, op: str, expires: int, signature: str
+) -> JSONResponse:
+    _check_signature(request, "upload", bucket, key, expires, signature, op)
+    return await _upload(request, bucket, key)
+
+
+@router.get("/v1/presigned/{bucket}/{key:path}", include_in_schema=False)
+async def presigned_get(
+    bucket: str, key: str, request: Request, op: str, expires: int, signature: str
+) -> Response:
+    _check_signature(request, "download", bucket, key, expires, signature, op)
+    return await _download(request, bucket, key)

@@ -1,0 +1,78 @@
+"""Health, info, config and status; and the OSCAR routes whose features are not built yet."""
+
+from __future__ import annotations
+
+import platform as host
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+
+from sluice import __version__
+from sluice.api.auth import Caller, require_admin
+
+router = APIRouter()
+fallback_router = APIRouter()  # included last: it must not shadow real routes
+
+NOT_YET = ("volumes", "quotas", "federation", "metrics")
+
+
+@router.get("/health", response_class=PlainTextResponse, tags=["system"])
+async def health() -> str:
+    return "Ok"
+
+
+@router.get("/system/info", tags=["system"])
+async def info(request: Request, _: Caller = Depends(require_admin)) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "git_commit": "",
+        "architecture": host.machine(),
+        "kubernetes_version": "",
+        "serverless_backend": {"name": "sluice", "version": __version__},
+        "executor": request.app.state.platform.executor.name,
+    }
+
+
+@router.get("/system/config", tags=["system"])
+@router.get("/system/config/", include_in_schema=False)
+async def config(request: Request, caller: Caller = Depends(require_admin)) -> dict[str, Any]:
+    store = request.app.state.platform.default_store()
+    provider = {"endpoint": "", "verify": True, "access_key": "", "secret_key": "", "region": "us-east-1"}
+    if store.name == "s3":
+        provider = {
+            "endpoint": store.endpoint_url or "",
+            "verify": store.verify,
+            "access_key": store.access_key,
+            "secret_key": store.secret_key,
+            "region": store.region,
+        }
+    return {
+        "config": {
+            "name": "sluice",
+            "namespace": "",
+            "services_namespace": "",
+            "gpu_available": False,
+            "interLink_available": False,
+            "yunikorn_enable": False,
+            "oidc_groups": [],
+        },
+        "minio_provider": provider,
+    }
+
+
+@router.get("/system/status", tags=["system"])
+async def status(request: Request, _: Caller = Depends(require_admin)) -> dict[str, Any]:
+    return await request.app.state.platform.status()
+
+
+@fallback_router.api_route(
+    "/system/{feature}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False
+)
+@fallback_router.api_route(
+    "/system/{feature}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False
+)
+async def not_yet(feature: str, _: Caller = Depends(require_admin), rest: str = "") -> PlainTextResponse:
+    if feature in NOT_YET:
+        return PlainTextResponse(f"OSCAR's /system/{feature} is not supported by Sluice yet", status_code=501)
+    return PlainTextResponse(f"no route /system/{feature}", status_code=404)

@@ -1,0 +1,409 @@
+"""The `sluice` command: parse options, load settings or a client, call the library, show results.
+
+Exit codes: 0 done, 1 the server or platform failed, 2 bad input (a file, a name, a flag).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from sluice.client.client import Client, split_target
+from sluice.errors import InvalidInput, NotFound, SluiceError, Unauthorized
+from sluice.settings import ADMIN_PASSWORD_FILE
+from sluice.spec.fdl import parse_fdl
+from sluice.spec.service import ServiceSpec
+
+app = typer.Typer(
+    help="Sluice: serverless AI inference, wire-compatible with OSCAR.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+Endpoint = Annotated[str, typer.Option(envvar="SLUICE_ENDPOINT", help="Server URL.")]
+User = Annotated[str, typer.Option(envvar="SLUICE_ADMIN_USER", help="User name (HTTP Basic).")]
+Password = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SLUICE_ADMIN_PASSWORD",
+        help="Password; default: the one `sluice serve` generated in ./.sluice/admin-password.",
+    ),
+]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+
+
+def _client(endpoint: str, user: str, password: str | None) -> Client:
+    if password is None:
+        generated = Path(".sluice") / ADMIN_PASSWORD_FILE
+        password = generated.read_text().strip() if generated.exists() else ""
+    return Client(endpoint, (user, password))
+
+
+def _fail(exc: SluiceError) -> None:
+    errors.print(f"[red]error:[/red] {exc.message}", highlight=False)
+    raise typer.Exit(2 if isinstance(exc, InvalidInput | NotFound | Unauthorized) else 1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="SLUICE_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SLUICE_PORT")] = 8080,
+    data_dir: Annotated[
+        Path, typer.Option(envvar="SLUICE_DATA_DIR", help="Database, buckets, work dirs.")
+    ] = Path(".sluice"),
+    database: Annotated[
+        str | None,
+        typer.Option(envvar="SLUICE_DATABASE", help="SQLAlchemy URL; default SQLite in the data dir."),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(envvar="SLUICE_STORAGE", help="'local' or s3://KEY:SECRET@HOST:PORT?secure=0"),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SLUICE_WORKERS", help="Jobs run at once; default: CPU count; 0: run none (API only)."
+        ),
+    ] = None,
+    executor: Annotated[str, typer.Option(help="How jobs run: process.")] = "process",
+    reconcile_interval: Annotated[
+        float | None,
+        typer.Option(
+            envvar="SLUICE_RECONCILE_INTERVAL", help="Seconds between input listings; 0 turns it off."
+        ),
+    ] = None,
+    apply: Annotated[
+        list[Path] | None,
+        typer.Option("--apply", help="FDL file whose services are created or updated at start (repeatable)."),
+    ] = None,
+) -> None:
+    """Start the platform (API, job queue and workers) in the foreground."""
+    import logging
+
+    import uvicorn
+
+    from sluice.api.app import create_app
+    from sluice.settings import Settings
+
+    overrides = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "database": database,
+        "storage": storage,
+        "workers": workers,
+        "reconcile_interval": reconcile_interval,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        password, generated = settings.ensure_admin_password()
+        specs = [spec for path in apply or [] for spec in _read_fdl(path)]
+        application = create_app(settings, executor, initial_services=specs)
+    except SluiceError as exc:
+        _fail(exc)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if generated:
+        console.print(
+            f"Admin user [bold]{settings.admin_user}[/bold], generated password "
+            f"[bold]{password}[/bold] (kept in {settings.data_dir / ADMIN_PASSWORD_FILE})"
+        )
+    console.print(f"Sluice listening on [bold]{settings.base_url}[/bold], data in {settings.data_dir}")
+    for spec in specs:
+        inputs = ", ".join(io.path for io in spec.input) or "none"
+        console.print(f"service [bold]{spec.name}[/bold]: drop files into {inputs}")
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def _read_fdl(path: Path) -> list[ServiceSpec]:
+    if not path.is_file():
+        raise InvalidInput(f"no such file: {path}")
+    return parse_fdl(path.read_text(), base_dir=path.parent, source=str(path))
+
+
+@app.command()
+def apply(
+    fdl: Annotated[Path, typer.Argument(help="An OSCAR FDL file (YAML).")],
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Create or update the services of an FDL file (scripts are read relative to it)."""
+    if not fdl.is_file():
+        _fail(InvalidInput(f"no such file: {fdl}"))
+    try:
+        with _client(endpoint, user, password) as client:
+            for name, outcome in client.apply(fdl):
+                console.print(f"service [bold]{name}[/bold] {outcome}")
+    except SluiceError as exc:
+        _fail(exc)
+
+
+@app.command()
+def services(endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None) -> None:
+    """List services."""
+    try:
+        with _client(endpoint, user, password) as client:
+            rows = client.services()
+    except SluiceError as exc:
+        _fail(exc)
+        return
+    table = Table("name", "image", "inputs", "outputs")
+    for svc in rows:
+        table.add_row(
+            svc["name"],
+            svc["image"],
+            ", ".join(i["path"] for i in svc.get("input", [])),
+            ", ".join(o["path"] for o in svc.get("output", [])),
+        )
+    console.print(table)
+
+
+@app.command()
+def delete(
+    name: str,
+    purge: Annotated[bool, typer.Option(help="Also delete its buckets and files.")] = False,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Delete a service and its jobs; its buckets stay unless --purge."""
+    try:
+        with _client(endpoint, user, password) as client:
+            client.delete_service(name, purge=purge)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"service [bold]{name}[/bold] deleted" + (" with its buckets" if purge else ""))
+
+
+@app.command("put-file")
+def put_file(
+    target: Annotated[str, typer.Argument(help="bucket/folder to upload into.")],
+    files: Annotated[list[Path], typer.Argument(help="Files to upload.")],
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Upload files; each file in a service's input path becomes one job."""
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        _fail(InvalidInput(f"no such file: {', '.join(missing)}"))
+    total = sum(f.stat().st_size for f in files)
+    show = len(files) > 1 or total > 8 * 1024**2
+    jobs = 0
+    try:
+        with (
+            _client(endpoint, user, password) as client,
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} files"),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=errors,
+                disable=not show,
+            ) as progress,
+        ):
+            task = progress.add_task("uploading", total=len(files))
+            for path in files:
+                result = client.put_file(target, path)
+                jobs += len(result.get("jobs", []))
+                progress.advance(task)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"uploaded {len(files)} file(s) to {target}; {jobs} job(s) queued")
+
+
+@app.command("get-file")
+def get_file(
+    source: Annotated[str, typer.Argument(help="bucket/key to download.")],
+    dest: Annotated[
+        Path | None, typer.Argument(help="File, folder, or - for stdout; default: the key's name.")
+    ] = None,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Download one object."""
+    bucket, key = split_target(source)
+    if not key:
+        _fail(InvalidInput("give bucket/key, e.g. digits/output/digit-0-0.json"))
+    if dest == Path("-"):
+        try:
+            with _client(endpoint, user, password) as client:
+                client.copy_to(bucket, key, sys.stdout.buffer)
+        except SluiceError as exc:
+            _fail(exc)
+        return
+    target = dest or Path(Path(key).name)
+    if target.is_dir():
+        target = target / Path(key).name
+    try:
+        with _client(endpoint, user, password) as client:
+            client.get_file(bucket, key, target)
+    except SluiceError as exc:
+        target.unlink(missing_ok=True)
+        _fail(exc)
+    console.print(f"saved {target}")
+
+
+@app.command()
+def ls(
+    path: Annotated[str, typer.Argument(help="bucket or bucket/prefix; nothing lists buckets.")] = "",
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """List buckets, or the objects under bucket/prefix."""
+    try:
+        with _client(endpoint, user, password) as client:
+            if not path:
+                for bucket in client.buckets():
+                    console.print(bucket["bucket_name"])
+                return
+            bucket, prefix = split_target(path)
+            table = Table("key", "size", "last modified")
+            for obj in client.list_objects(bucket, prefix):
+                table.add_row(obj["object_name"], str(obj["size_bytes"]), obj["last_modified"])
+    except SluiceError as exc:
+        _fail(exc)
+        return
+    console.print(table)
+
+
+@app.command()
+def jobs(
+    service: str,
+    status: Annotated[
+        str | None, typer.Option(help="queued, running, succeeded, failed (the dead letters) or cancelled.")
+    ] = None,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """List a service's jobs, newest first."""
+    table = Table("job", "status", "input", "attempts", "exit", "created", "error")
+    try:
+        with _client(endpoint, user, password) as client:
+            for job in client.jobs(service, status):
+                table.add_row(
+                    job["id"],
+                    job["status"],
+                    f"{job['bucket']}/{job['key']}" if job["key"] else "-",
+                    str(job["attempts"]),
+                    str(job["exit_code"] if job["exit_code"] is not None else "-"),
+                    job["created_at"],
+                    job["error"] or "",
+                )
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(table)
+
+
+@app.command()
+def logs(
+    service: str,
+    job: str,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Print a job's log (the script's stdout and stderr)."""
+    try:
+        with _client(endpoint, user, password) as client:
+            sys.stdout.write(client.log(service, job))
+    except SluiceError as exc:
+        _fail(exc)
+
+
+@app.command()
+def cancel(
+    service: str,
+    job: str,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Cancel a queued or running job."""
+    try:
+        with _client(endpoint, user, password) as client:
+            result = client.cancel(service, job)
+    except SluiceError as exc:
+        _fail(exc)
+        return
+    console.print(f"job {job}: {result['previous_status']} -> {result['status']}")
+
+
+@app.command()
+def requeue(
+    service: str,
+    job: str,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Run a failed (dead-letter) or cancelled job again."""
+    try:
+        with _client(endpoint, user, password) as client:
+            client.requeue(service, job)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"job {job} queued again")
+
+
+@app.command()
+def wait(
+    service: str,
+    count: Annotated[int, typer.Option(help="Wait until this many jobs finished.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 300,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Wait until a service has `count` finished jobs (and none queued or running), with progress."""
+    deadline = time.monotonic() + timeout
+    try:
+        with _client(endpoint, user, password) as client, Progress(console=errors) as progress:
+            task = progress.add_task(f"{service} jobs", total=count)
+            while True:
+                states = [j["status"] for j in client.jobs(service)]
+                finished = sum(s in ("succeeded", "failed", "cancelled") for s in states)
+                progress.update(task, completed=min(finished, count))
+                if finished >= count and not any(s in ("queued", "running") for s in states):
+                    break
+                if time.monotonic() > deadline:
+                    errors.print(f"timed out: {finished}/{count} finished")
+                    raise typer.Exit(1)
+                time.sleep(0.5)
+    except SluiceError as exc:
+        _fail(exc)
+    failed = sum(s == "failed" for s in states)
+    console.print(f"{finished} finished, {failed} failed")
+
+
+def main() -> None:
+    os.environ.setdefault("COLUMNS", "160")  # tables stay readable when piped
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metadata storage: SQLAlchemy Core on SQLite (embedded) or PostgreSQL."""

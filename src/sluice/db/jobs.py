@@ -1,0 +1,428 @@
+"""The durable job queue: every statement that reads or changes a job lives here.
+
+Life of a job::
+
+    queued --claim--> running --finish--> succeeded
+      ^                  |  \\--fail, retries left--> queued (run_after = now + backoff)
+      |                  |   \\--fail, none left----> failed   (the dead-letter state; requeue-able)
+      +--lease expired---+    \\--cancel-----------> cancelled
+
+A claim is one statement (`UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING`),
+so two workers never get the same job. A running job holds a lease its worker renews by heartbeat;
+a job whose lease ran out (its worker died) is queued again. Every change of a running job checks
+that the worker still owns it, so a worker that lost its lease cannot overwrite a newer run.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sluice.db.schema import jobs, seen_objects
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+# A job whose worker keeps dying (lease lost) is given up after this many claims beyond its retries.
+CRASH_ALLOWANCE = 5
+LEDGER_CHUNK = 500  # rows per multi-row insert: well under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class NewJob:
+    service: str
+    max_retries: int
+    bucket: str | None = None
+    key: str | None = None
+    etag: str | None = None
+    event: dict[str, Any] | None = None
+    payload: bytes | None = None
+
+    @property
+    def object_version(self) -> tuple[str, str, str] | None:
+        if self.bucket and self.key and self.etag:
+            return (self.bucket, self.key, self.etag)
+        return None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: str
+    created: bool  # False: this object version already had a job
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    service: str
+    status: str
+    bucket: str | None
+    key: str | None
+    etag: str | None
+    event: str | None
+    attempts: int
+    failures: int
+    max_retries: int
+    run_after: float
+    lease_expires: float | None
+    worker: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    exit_code: int | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+JOB_COLUMNS = [jobs.c[name] for name in Job.__dataclass_fields__]
+
+
+def _insert(connection: Connection, table: Any) -> Any:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[Accepted]:
+    """Insert jobs in one transaction; an object version already seen returns its existing job id.
+
+    Statements are batched (one multi-row insert into the ledger, one executemany into jobs): per-row
+    statements cost more than the commit at thousands of events per second.
+    """
+    ids = [uuid.uuid4().hex for _ in new_jobs]
+    first_of_version: dict[tuple[str, str, str, str], int] = {}
+    for index, new in enumerate(new_jobs):
+        version = new.object_version
+        if version is not None:
+            first_of_version.setdefault((new.service, *version), index)
+    fresh: set[tuple[str, str, str, str]] = set()
+    versions = list(first_of_version.items())
+    for start in range(0, len(versions), LEDGER_CHUNK):
+        chunk = versions[start : start + LEDGER_CHUNK]
+        rows = connection.execute(
+            _insert(connection, seen_objects)
+            .values(
+                [
+                    {
+                        "service": v[0],
+                        "bucket": v[1],
+                        "key": v[2],
+                        "etag": v[3],
+                        "job_id": ids[i],
+                        "created_at": now,
+                    }
+                    for v, i in chunk
+                ]
+            )
+            .on_conflict_do_nothing()
+            .returning(seen_objects.c.service, seen_objects.c.bucket, seen_objects.c.key, seen_objects.c.etag)
+        ).all()
+        fresh.update(tuple(row) for row in rows)
+
+    results: list[Accepted] = []
+    to_insert = []
+    for index, new in enumerate(new_jobs):
+        version = new.object_version
+        if version is not None:
+            full = (new.service, *version)
+            first = first_of_version[full]
+            if full not in fresh:
+                results.append(Accepted(_ledger_job(connection, full), created=False))
+                continue
+            if first != index:  # the same object twice in one batch
+                results.append(Accepted(ids[first], created=False))
+                continue
+        to_insert.append(
+            {
+                "id": ids[index],
+                "service": new.service,
+                "status": QUEUED,
+                "bucket": new.bucket,
+                "key": new.key,
+                "etag": new.etag,
+                "event": json.dumps(new.event) if new.event is not None else None,
+                "payload": new.payload,
+                "max_retries": new.max_retries,
+                "run_after": now,
+                "created_at": now,
+            }
+        )
+        results.append(Accepted(ids[index], created=True))
+    if to_insert:
+        connection.execute(insert(jobs), to_insert)
+    return results
+
+
+def _ledger_job(connection: Connection, version: tuple[str, str, str, str]) -> str:
+    service, bucket, key, etag = version
+    return connection.execute(
+        select(seen_objects.c.job_id).where(
+            seen_objects.c.service == service,
+            seen_objects.c.bucket == bucket,
+            seen_objects.c.key == key,
+            seen_objects.c.etag == etag,
+        )
+    ).scalar_one()
+
+
+def claim(connection: Connection, worker: str, limit: int, now: float, lease: float) -> list[Job]:
+    """Take up to `limit` runnable jobs for `worker`, atomically."""
+    candidates = (
+        select(jobs.c.id)
+        .where(jobs.c.status == QUEUED, jobs.c.run_after <= now)
+        .order_by(jobs.c.run_after)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    rows = connection.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(candidates.scalar_subquery()), jobs.c.status == QUEUED)
+        .values(
+            status=RUNNING,
+            worker=worker,
+            lease_expires=now + lease,
+            started_at=now,
+            attempts=jobs.c.attempts + 1,
+        )
+        .returning(*JOB_COLUMNS)
+    ).all()
+    return [Job.from_row(row) for row in rows]
+
+
+def payload_of(connection: Connection, job_id: str) -> bytes | None:
+    return connection.execute(select(jobs.c.payload).where(jobs.c.id == job_id)).scalar_one_or_none()
+
+
+def renew_leases(connection: Connection, worker: str, job_ids: Sequence[str], until: float) -> set[str]:
+    """Extend the leases `worker` still holds; returns the ids it holds (others were cancelled or lost)."""
+    if not job_ids:
+        return set()
+    rows = connection.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(list(job_ids)), jobs.c.worker == worker, jobs.c.status == RUNNING)
+        .values(lease_expires=until)
+        .returning(jobs.c.id)
+    ).all()
+    return {row[0] for row in rows}
+
+
+def _owned(job_id: str, worker: str) -> Any:
+    return and_(jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.status == RUNNING)
+
+
+def finish(
+    connection: Connection,
+    job_id: str,
+    worker: str,
+    status: str,
+    now: float,
+    *,
+    exit_code: int | None,
+    log: str,
+    error: str | None = None,
+) -> bool:
+    """Record a final state; False if the worker no longer owned the job (it was cancelled or lost)."""
+    result = connection.execute(
+        update(jobs)
+        .where(_owned(job_id, worker))
+        .values(
+            status=status,
+            finished_at=now,
+            exit_code=exit_code,
+            log=log,
+            error=error,
+            lease_expires=None,
+            payload=None if status == SUCCEEDED else jobs.c.payload,
+        )
+    )
+    return result.rowcount == 1
+
+
+def fail(
+    connection: Connection,
+    job_id: str,
+    worker: str,
+    now: float,
+    retry_at: float | None,
+    *,
+    exit_code: int | None,
+    log: str,
+    error: str,
+) -> str | None:
+    """A failed run: queued again at `retry_at` while retries remain, else `failed`.
+
+    Returns the new status, or None if the worker no longer owned the job.
+    """
+    row = connection.execute(
+        select(jobs.c.failures, jobs.c.max_retries).where(_owned(job_id, worker))
+    ).first()
+    if row is None:
+        return None
+    failures = row.failures + 1
+    if retry_at is not None and failures <= row.max_retries:
+        values: dict[str, Any] = {"status": QUEUED, "run_after": retry_at, "worker": None}
+        status = QUEUED
+    else:
+        values = {"status": FAILED, "finished_at": now}
+        status = FAILED
+    connection.execute(
+        update(jobs)
+        .where(_owned(job_id, worker))
+        .values(failures=failures, exit_code=exit_code, log=log, error=error, lease_expires=None, **values)
+    )
+    return status
+
+
+def requeue_expired(connection: Connection, now: float, *, everything_running: bool = False) -> int:
+    """Queue again the running jobs whose lease ran out (or all running ones, at a single-node restart)."""
+    condition = jobs.c.status == RUNNING
+    if not everything_running:
+        condition = and_(condition, jobs.c.lease_expires < now)
+    given_up = connection.execute(
+        update(jobs)
+        .where(condition, jobs.c.attempts >= jobs.c.max_retries + 1 + CRASH_ALLOWANCE)
+        .values(
+            status=FAILED,
+            finished_at=now,
+            lease_expires=None,
+            error="the worker running this job stopped too many times",
+        )
+    ).rowcount
+    requeued = connection.execute(
+        update(jobs).where(condition).values(status=QUEUED, worker=None, lease_expires=None, run_after=now)
+    ).rowcount
+    return requeued + given_up
+
+
+def get(connection: Connection, job_id: str) -> Job | None:
+    row = connection.execute(select(*JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+    return Job.from_row(row) if row else None
+
+
+def log_of(connection: Connection, job_id: str) -> tuple[str | None, bool]:
+    row = connection.execute(select(jobs.c.log).where(jobs.c.id == job_id)).first()
+    return (row[0], True) if row else (None, False)
+
+
+def list_jobs(
+    connection: Connection,
+    service: str | None,
+    *,
+    status: str | None = None,
+    after: tuple[float, str] | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    """Jobs newest first; `after` is the (created_at, id) of the last job of the previous page."""
+    query = select(*JOB_COLUMNS)
+    if service is not None:
+        query = query.where(jobs.c.service == service)
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    if after is not None:
+        created, last_id = after
+        query = query.where(
+            or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < last_id))
+        )
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    return [Job.from_row(row) for row in connection.execute(query)]
+
+
+def count_jobs(connection: Connection, service: str | None, status: str | None = None) -> int:
+    query = select(func.count()).select_from(jobs)
+    if service is not None:
+        query = query.where(jobs.c.service == service)
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    return connection.execute(query).scalar_one()
+
+
+def status_counts(connection: Connection, service: str | None = None) -> dict[str, int]:
+    query = select(jobs.c.status, func.count()).group_by(jobs.c.status)
+    if service is not None:
+        query = query.where(jobs.c.service == service)
+    return {status: count for status, count in connection.execute(query)}
+
+
+def delete_jobs(connection: Connection, service: str, *, everything: bool) -> int:
+    """OSCAR semantics: succeeded jobs only, or every job with `everything` (running ones are cancelled)."""
+    condition = jobs.c.service == service
+    if not everything:
+        condition = and_(condition, jobs.c.status == SUCCEEDED)
+    return connection.execute(delete(jobs).where(condition)).rowcount
+
+
+def delete_job(connection: Connection, job_id: str) -> bool:
+    return connection.execute(delete(jobs).where(jobs.c.id == job_id)).rowcount == 1
+
+
+def cancel(connection: Connection, job_id: str, now: float) -> str | None:
+    """Cancel a queued or running job; returns the status it had, or None if there is no such job."""
+    row = connection.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+    if row is None:
+        return None
+    if row.status in (QUEUED, RUNNING):
+        connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_((QUEUED, RUNNING)))
+            .values(status=CANCELLED, finished_at=now, lease_expires=None, error="cancelled by request")
+        )
+    return row.status
+
+
+def requeue(connection: Connection, job_id: str, now: float) -> str | None:
+    """Put a failed or cancelled job back in the queue with fresh retries. Returns its previous status."""
+    row = connection.execute(select(jobs.c.status).where(jobs.c.id == job_id)).first()
+    if row is None:
+        return None
+    if row.status in (FAILED, CANCELLED):
+        connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                status=QUEUED,
+                run_after=now,
+                failures=0,
+                attempts=0,
+                worker=None,
+                finished_at=None,
+                exit_code=None,
+                error=None,
+            )
+        )
+    return row.status
+
+
+def forget_service(connection: Connection, service: str) -> None:
+    """Drop a deleted service's jobs and its idempotency ledger."""
+    connection.execute(delete(jobs).where(jobs.c.service == service))
+    connection.execute(delete(seen_objects).where(seen_objects.c.service == service))
+
+
+def seen_versions(connection: Connection, service: str, bucket: str, prefix: str) -> set[tuple[str, str]]:
+    """(key, etag) pairs already enqueued for `service` under `bucket/prefix`: what the reconciler skips."""
+    rows = connection.execute(
+        select(seen_objects.c.key, seen_objects.c.etag).where(
+            seen_objects.c.service == service,
+            seen_objects.c.bucket == bucket,
+            seen_objects.c.key.startswith(prefix, autoescape=True),
+        )
+    )
+    return {(row.key, row.etag) for row in rows}
+
+
+def release(connection: Connection, worker: str, now: float) -> int:
+    """Hand back a stopping worker's running jobs so another run picks them up at once."""
+    return connection.execute(
+        update(jobs)
+        .where(jobs.c.worker == worker, jobs.c.status == RUNNING)
+        .values(status=QUEUED, worker=None, lease_expires=None, run_after=now)
+    ).rowcount

@@ -1,0 +1,44 @@
+"""Service definitions as the engine sees them, cached briefly: a job must not pay a query and a
+validation for its service's definition."""
+
+from __future__ import annotations
+
+import time
+
+from sluice.db import services as service_sql
+from sluice.db.database import Database
+from sluice.db.services import ServiceRecord
+
+
+class ServiceCatalog:
+    def __init__(self, db: Database, ttl: float = 2.0) -> None:
+        self._db = db
+        self._ttl = ttl  # bounds how stale another API server's update can look here
+        self._cache: dict[str, tuple[float, ServiceRecord | None]] = {}
+        self._all: tuple[float, list[ServiceRecord]] | None = None
+
+    async def get(self, name: str) -> ServiceRecord | None:
+        hit = self._cache.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        record = await self._db.call(service_sql.get, name)
+        self._cache[name] = (now, record)
+        return record
+
+    async def all(self) -> list[ServiceRecord]:
+        records = await self._db.call(service_sql.list_all)
+        now = time.monotonic()
+        for record in records:
+            self._cache[record.spec.name] = (now, record)
+        return records
+
+    async def all_cached(self) -> list[ServiceRecord]:
+        """Every service, refreshed at most every `ttl` seconds: consulted on each upload."""
+        if self._all is None or time.monotonic() - self._all[0] >= self._ttl:
+            self._all = (time.monotonic(), await self.all())
+        return self._all[1]
+
+    def invalidate(self, name: str) -> None:
+        self._cache.pop(name, None)
+        self._all = None

@@ -1,0 +1,231 @@
+"""The worker loop: claim queued jobs, run each through the runtime contract, record how it ended.
+
+Concurrency is bounded by `slots`. A new job wakes the loop at once (no polling delay on this
+server); polling every `poll_interval` picks up retries that became due and jobs that other API
+servers accepted. Leases are renewed by a heartbeat while jobs run; a job cancelled elsewhere
+(its lease can no longer be renewed) is killed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sluice.db import jobs as job_sql
+from sluice.db.database import Database
+from sluice.db.jobs import FAILED, SUCCEEDED, Job
+from sluice.engine.catalog import ServiceCatalog
+from sluice.engine.recorder import Recorder
+from sluice.engine.retry import RetryStrategy
+from sluice.errors import SluiceError
+from sluice.executors.base import Executor
+from sluice.runtime.invocation import InvocationInput, invoke
+from sluice.runtime.workspace import WorkspacePool
+from sluice.storage.registry import StorageRouter
+
+log = logging.getLogger("sluice.dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        catalog: ServiceCatalog,
+        storage: StorageRouter,
+        executor: Executor,
+        worker_id: str,
+        slots: int,
+        lease: float,
+        work_root: Path,
+        default_timeout: float,
+        log_limit: int,
+        retry: RetryStrategy,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.storage = storage
+        self.executor = executor
+        self.worker_id = worker_id
+        self.slots = slots
+        self.lease = lease
+        self.work_root = work_root
+        self.default_timeout = default_timeout
+        self.log_limit = log_limit
+        self.retry = retry
+        self.poll_interval = poll_interval
+        self._running: dict[str, asyncio.Task[None]] = {}  # until the outcome is recorded
+        self._occupying: set[str] = set()  # jobs holding a slot: until their process ends
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def cancel_local(self, job_id: str) -> bool:
+        task = self._running.get(job_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def start(self) -> None:
+        self.workspaces = WorkspacePool(self.work_root)
+        self.recorder = Recorder(self.db)
+        # A single-node (SQLite) server owns every job: what was running when it stopped died with it.
+        requeued = await self.db.call_relaxed(
+            job_sql.requeue_expired, time.time(), everything_running=self.db.is_sqlite
+        )
+        if requeued:
+            log.warning("requeued %d jobs left running by a previous run", requeued)
+        self._tasks = [asyncio.create_task(self._sweep(), name="sluice-sweep")]
+        if self.slots > 0:  # 0 slots: an API-only server that accepts jobs for others to run
+            self._tasks += [
+                asyncio.create_task(self._loop(), name="sluice-dispatch"),
+                asyncio.create_task(self._heartbeat(), name="sluice-heartbeat"),
+            ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *running, return_exceptions=True)
+        await self.recorder.drain()
+        await self.db.call_relaxed(job_sql.release, self.worker_id, time.time())
+
+    async def _loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            free = self.slots - len(self._occupying)
+            claimed: list[Job] = []
+            if free > 0:
+                try:
+                    claimed = await self.db.call_relaxed(
+                        job_sql.claim, self.worker_id, free, time.time(), self.lease
+                    )
+                except Exception:
+                    log.exception("claiming jobs failed; retrying")
+                for job in claimed:
+                    self._occupying.add(job.id)
+                    self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+                if claimed and len(claimed) == free:
+                    continue  # there may be more queued: claim again as soon as a slot frees
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    async def _execute(self, job: Job) -> None:
+        try:
+            await self._run_job(job)
+        except asyncio.CancelledError:
+            pass  # cancelled by request (already recorded) or shutting down (the job is released)
+        except Exception as exc:
+            log.exception("job %s failed in the platform", job.id)
+            await self._record_failure(job, None, "", f"platform error: {exc}")
+        finally:
+            self._free_slot(job.id)
+            self._running.pop(job.id, None)
+
+    def _free_slot(self, job_id: str) -> None:
+        if job_id in self._occupying:
+            self._occupying.discard(job_id)
+            self._wakeup.set()
+
+    async def _run_job(self, job: Job) -> None:
+        record = await self.catalog.get(job.service)
+        if record is None:
+            await self.db.call_relaxed(
+                job_sql.finish,
+                job.id,
+                self.worker_id,
+                FAILED,
+                time.time(),
+                exit_code=None,
+                log="",
+                error=f"service '{job.service}' no longer exists",
+            )
+            return
+        payload = None if job.key else await self.db.call_relaxed(job_sql.payload_of, job.id)
+        trigger = InvocationInput(
+            job_id=job.id,
+            bucket=job.bucket,
+            key=job.key,
+            event=job.event,
+            payload=payload,
+            event_time=datetime.fromtimestamp(job.created_at, UTC),
+        )
+        workspace = await self.workspaces.acquire()
+        try:
+            result = await invoke(
+                trigger,
+                record.spec,
+                record.token,
+                storage=self.storage,
+                executor=self.executor,
+                workspace=workspace,
+                script=self.workspaces.script(record.spec.script),
+                default_timeout=self.default_timeout,
+                log_limit=self.log_limit,
+            )
+        except SluiceError as exc:  # e.g. the input object vanished, a store is unreachable
+            await self._record_failure(job, None, "", exc.message)
+            return
+        finally:
+            self.workspaces.release(workspace)
+            self._free_slot(job.id)  # the next job can start while this outcome is recorded
+        done = result.completed
+        if result.succeeded:
+            now = time.time()
+            await self.recorder.record(
+                lambda c: job_sql.finish(
+                    c, job.id, self.worker_id, SUCCEEDED, now, exit_code=0, log=done.output
+                )
+            )
+            return
+        reason = "timed out" if done.timed_out else f"script exited with code {done.exit_code}"
+        await self._record_failure(job, done.exit_code, done.output, reason)
+
+    async def _record_failure(self, job: Job, exit_code: int | None, output: str, error: str) -> None:
+        now = time.time()
+        retry_at = now + self.retry.delay(job.failures + 1)
+        await self.recorder.record(
+            lambda c: job_sql.fail(
+                c, job.id, self.worker_id, now, retry_at, exit_code=exit_code, log=output, error=error
+            )
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await self.db.call_relaxed(
+                    job_sql.renew_leases, self.worker_id, ids, time.time() + self.lease
+                )
+            except Exception:
+                log.exception("renewing leases failed")
+                continue
+            for job_id in ids:
+                if job_id not in held:  # cancelled through another server, or the lease was lost
+                    self.cancel_local(job_id)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.lease / 2))
+            try:
+                if await self.db.call_relaxed(job_sql.requeue_expired, time.time()):
+                    self.wake()
+            except Exception:
+                log.exception("requeueing expired jobs failed")

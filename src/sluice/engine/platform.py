@@ -1,0 +1,298 @@
+"""The platform's domain operations, the one place API handlers call into.
+
+It owns the engine's parts (catalog, acceptor, dispatcher, reconciler) and offers what users do:
+define services, put objects (which become jobs), and follow, cancel and requeue jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sluice.db import jobs as job_sql
+from sluice.db import services as service_sql
+from sluice.db.database import Database
+from sluice.db.jobs import Accepted, Job, NewJob
+from sluice.db.services import ServiceRecord
+from sluice.engine.acceptor import Acceptor
+from sluice.engine.catalog import ServiceCatalog
+from sluice.engine.dispatcher import Dispatcher
+from sluice.engine.reconciler import Reconciler
+from sluice.engine.retry import RetryStrategy
+from sluice.errors import Conflict, JobNotFound, ServiceNotFound, SluiceError
+from sluice.executors.base import Executor
+from sluice.runtime.invocation import event_for
+from sluice.settings import Settings
+from sluice.spec.service import ServiceSpec
+from sluice.storage.base import ObjectInfo, StorageProvider
+from sluice.storage.events import ObjectCreated, minio_records
+from sluice.storage.registry import StorageRouter, split_path
+
+log = logging.getLogger("sluice.platform")
+
+
+@dataclass(frozen=True)
+class Upload:
+    info: ObjectInfo
+    jobs: list[Accepted]
+
+
+class Platform:
+    def __init__(self, settings: Settings, db: Database, storage: StorageRouter, executor: Executor) -> None:
+        self.settings = settings
+        self.db = db
+        self.storage = storage
+        self.executor = executor
+        self.worker_id = f"{uuid.uuid4().hex[:12]}"
+        self.catalog = ServiceCatalog(db)
+        self.dispatcher = Dispatcher(
+            db=db,
+            catalog=self.catalog,
+            storage=storage,
+            executor=executor,
+            worker_id=self.worker_id,
+            slots=settings.workers,
+            lease=settings.lease_seconds,
+            work_root=settings.data_dir / "work",
+            default_timeout=settings.job_timeout,
+            log_limit=settings.log_limit,
+            retry=RetryStrategy(settings.retry_base_delay, settings.retry_max_delay),
+        )
+        self.acceptor = Acceptor(db, on_commit=self.dispatcher.wake)
+        self.reconciler = Reconciler(self, interval=settings.reconcile_interval)
+
+    async def start(self) -> None:
+        await self.dispatcher.start()
+        self.reconciler.start()
+
+    async def stop(self) -> None:
+        await self.reconciler.stop()
+        await self.dispatcher.stop()
+
+    # services
+
+    async def get_service(self, name: str) -> ServiceRecord:
+        record = await self.db.call(service_sql.get, name)
+        if record is None:
+            raise ServiceNotFound(name)
+        return record
+
+    async def list_services(self) -> list[ServiceRecord]:
+        return await self.catalog.all()
+
+    async def create_service(self, spec: ServiceSpec, owner: str) -> ServiceRecord:
+        await self._prepare_storage(spec)
+        token = secrets.token_hex(32)
+        try:
+            await self.db.call(service_sql.create, spec, token, owner, time.time())
+        except Exception as exc:
+            if await self.db.call(service_sql.get, spec.name) is not None:
+                raise Conflict(f"service '{spec.name}' already exists; update it with PUT") from None
+            raise exc
+        self.catalog.invalidate(spec.name)
+        return await self.get_service(spec.name)
+
+    async def update_service(self, spec: ServiceSpec) -> ServiceRecord:
+        await self._prepare_storage(spec)
+        if not await self.db.call(service_sql.replace, spec, time.time()):
+            raise ServiceNotFound(spec.name)
+        self.catalog.invalidate(spec.name)
+        return await self.get_service(spec.name)
+
+    async def apply_service(self, spec: ServiceSpec, owner: str) -> tuple[ServiceRecord, bool]:
+        """Create the service, or update it if it exists; True when created."""
+        if await self.db.call(service_sql.get, spec.name) is None:
+            return await self.create_service(spec, owner), True
+        return await self.update_service(spec), False
+
+    async def delete_service(self, name: str, purge: bool = False) -> None:
+        record = await self.get_service(name)
+
+        def remove(connection: Any) -> None:
+            service_sql.remove(connection, name)
+            job_sql.forget_service(connection, name)
+
+        await self.db.call(remove)
+        self.catalog.invalidate(name)
+        if purge:
+            for io in (*record.spec.input, *record.spec.output):
+                bucket, _ = split_path(io.path)
+                provider = self.storage.for_io(record.spec, io)
+                with contextlib.suppress(SluiceError):  # gone already: input and output may share one
+                    await provider.delete_bucket(bucket, force=True)
+
+    async def _prepare_storage(self, spec: ServiceSpec) -> None:
+        """Check every path's provider resolves, then create the buckets (and local folders)."""
+        for io in (*spec.input, *spec.output):
+            provider = self.storage.for_io(spec, io)
+            bucket, folder = split_path(io.path)
+            if not await provider.bucket_exists(bucket):
+                await provider.create_bucket(bucket)
+            make_folder = getattr(provider, "make_folder", None)
+            if folder and make_folder is not None:
+                await make_folder(bucket, folder)
+
+    # objects and events
+
+    def default_store(self) -> StorageProvider:
+        return self.storage.default
+
+    async def services_watching(self, bucket: str, key: str) -> list[ServiceRecord]:
+        """Services with an input path on the default store that contains bucket/key."""
+        watching = []
+        for record in await self.catalog.all_cached():
+            for io in record.spec.input:
+                io_bucket, folder = split_path(io.path)
+                if (
+                    io_bucket == bucket
+                    and (not folder or key.startswith(folder + "/"))
+                    and self.storage.is_default(record.spec, io)
+                ):
+                    watching.append(record)
+                    break
+        return watching
+
+    async def announce(self, created: Sequence[ObjectCreated]) -> list[Accepted]:
+        """Objects that appeared on the default store: one job per watching service, durably."""
+        new_jobs = []
+        now = datetime.now(UTC)
+        for obj in created:
+            for record in await self.services_watching(obj.bucket, obj.key):
+                new_jobs.append(self._job_for_object(record, obj, now))
+        return await self.acceptor.enqueue(new_jobs)
+
+    async def announce_to(self, record: ServiceRecord, created: Sequence[ObjectCreated]) -> list[Accepted]:
+        now = datetime.now(UTC)
+        return await self.acceptor.enqueue([self._job_for_object(record, obj, now) for obj in created])
+
+    def _job_for_object(self, record: ServiceRecord, obj: ObjectCreated, now: datetime) -> NewJob:
+        return NewJob(
+            service=record.spec.name,
+            max_retries=record.spec.max_retries,
+            bucket=obj.bucket,
+            key=obj.key,
+            etag=obj.etag,
+            event=event_for(obj.bucket, obj.key, obj.etag, obj.size, now),
+        )
+
+    async def store_upload(self, staged: Path, bucket: str, key: str) -> Upload:
+        """Put an uploaded file (already spooled to `staged`) and enqueue its jobs before returning."""
+        store = self.default_store()
+        adopt = getattr(store, "adopt", None)
+        if adopt is not None:
+            info = await adopt(staged, bucket, key)
+        else:
+            try:
+                info = await store.put(staged, bucket, key)
+            finally:
+                staged.unlink(missing_ok=True)
+        accepted = await self.announce([ObjectCreated(bucket, key, info.etag, info.size)])
+        return Upload(info, accepted)
+
+    async def submit(self, name: str, body: bytes) -> list[Accepted]:
+        """`POST /job/{name}`: a MinIO event names objects to process; any other body is the input."""
+        record = await self.get_service(name)
+        event: Any = None
+        try:
+            event = json.loads(body) if body.strip() else None
+        except ValueError:
+            event = None
+        objects = minio_records(event)
+        if objects:
+            return await self.announce_to(record, objects)
+        new = NewJob(
+            service=name,
+            max_retries=record.spec.max_retries,
+            event=event if isinstance(event, dict) else None,
+            payload=body,
+        )
+        return await self.acceptor.enqueue([new])
+
+    # jobs
+
+    async def get_job(self, service: str, job_id: str) -> Job:
+        job = await self.db.call(job_sql.get, job_id)
+        if job is None or job.service != service:
+            raise JobNotFound(job_id)
+        return job
+
+    async def job_log(self, service: str, job_id: str) -> str:
+        job = await self.get_job(service, job_id)
+        text, _ = await self.db.call(job_sql.log_of, job.id)
+        return text or ""
+
+    async def list_jobs(
+        self,
+        service: str,
+        *,
+        status: str | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Job], int]:
+        await self.get_service(service)
+
+        def page(connection: Any) -> tuple[list[Job], int]:
+            found = job_sql.list_jobs(connection, service, status=status, after=after, limit=limit)
+            return found, job_sql.count_jobs(connection, service, status)
+
+        return await self.db.call(page)
+
+    async def list_failed(self, limit: int = 100) -> list[Job]:
+        return await self.db.call(lambda c: job_sql.list_jobs(c, None, status=job_sql.FAILED, limit=limit))
+
+    async def delete_jobs(self, service: str, everything: bool) -> int:
+        await self.get_service(service)
+        if everything:
+            for job in (await self.list_jobs(service, status=job_sql.RUNNING, limit=10_000))[0]:
+                await self.cancel_job(service, job.id)
+        return await self.db.call(job_sql.delete_jobs, service, everything=everything)
+
+    async def delete_job(self, service: str, job_id: str) -> None:
+        job = await self.get_job(service, job_id)
+        if job.status == job_sql.RUNNING:
+            await self.cancel_job(service, job_id)
+        await self.db.call(job_sql.delete_job, job_id)
+
+    async def cancel_job(self, service: str, job_id: str) -> str:
+        await self.get_job(service, job_id)
+        previous = await self.db.call(job_sql.cancel, job_id, time.time())
+        if previous == job_sql.RUNNING:
+            self.dispatcher.cancel_local(job_id)  # elsewhere, that worker's heartbeat notices
+        return previous or ""
+
+    async def requeue_job(self, service: str, job_id: str) -> str:
+        await self.get_job(service, job_id)
+        previous = await self.db.call(job_sql.requeue, job_id, time.time())
+        if previous not in (job_sql.FAILED, job_sql.CANCELLED):
+            raise Conflict(f"job '{job_id}' is {previous}; only failed or cancelled jobs can be requeued")
+        self.dispatcher.wake()
+        return previous
+
+    async def status(self) -> dict[str, Any]:
+        counts = await self.db.call(job_sql.status_counts)
+        return {
+            "jobs": counts,
+            "running_here": self.dispatcher.running,
+            "slots": self.dispatcher.slots,
+            "executor": self.executor.name,
+        }
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Until no job is queued or running (for tests and `sluice` scripts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = await self.db.call(job_sql.status_counts)
+            if not counts.get(job_sql.QUEUED) and not counts.get(job_sql.RUNNING):
+                return True
+            await asyncio.sleep(0.05)
+        return False

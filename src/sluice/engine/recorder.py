@@ -1,0 +1,62 @@
+"""Group commit for job progress: the outcomes of many jobs recorded in one transaction.
+
+A job's slot is freed as soon as its process ends; its result is queued here and committed with
+the others that finished meanwhile. If a batch fails, its operations are retried one by one so
+one bad row cannot lose the others' results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from sluice.db.database import Database
+
+log = logging.getLogger("sluice.recorder")
+Operation = Callable[[Connection], Any]
+
+
+class Recorder:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, operation: Operation) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((operation, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+        return await future
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is committed (at shutdown)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._db.call_relaxed(_run_all, [op for op, _ in batch])
+            except Exception:
+                log.exception("recording %d results together failed; recording one by one", len(batch))
+                results = []
+                for op, future in batch:
+                    try:
+                        results.append(await self._db.call_relaxed(op))
+                    except Exception as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                        results.append(None)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+def _run_all(connection: Connection, operations: list[Operation]) -> list[Any]:
+    return [operation(connection) for operation in operations]

@@ -1,0 +1,54 @@
+"""What an executor is: something that runs one prepared invocation and reports how it ended.
+
+The per-invocation contract (staging input, the OSCAR environment, collecting outputs) is written
+once in `sluice.runtime.invocation`; an executor only runs the command it is handed. Example::
+
+    executor = ProcessExecutor()
+    done = await executor.run(Invocation(argv=["/bin/sh", "script.sh"], env={...}, workdir=job_dir,
+                                         timeout=60, memory_bytes=None, cpus=1.0, image="busybox"))
+    done.exit_code, done.output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Invocation:
+    argv: list[str]
+    env: dict[str, str]
+    workdir: Path
+    timeout: float
+    memory_bytes: int | None
+    cpus: float
+    image: str = ""
+    log_limit: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Completed:
+    exit_code: int | None  # None when the process was killed (timeout or cancel)
+    output: str  # stdout and stderr interleaved, capped at the invocation's log_limit
+    timed_out: bool = False
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    runs_images: bool = False
+    limits_memory: bool = False
+    limits_cpu: bool = False
+    gpus: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Executor(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def run(self, invocation: Invocation) -> Completed:
+        """Run to completion. Cancelling the awaiting task kills the invocation."""
+        ...

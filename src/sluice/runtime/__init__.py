@@ -1,0 +1,1 @@
+"""The per-invocation runtime contract shared by every executor."""

@@ -1,0 +1,210 @@
+"""The per-invocation contract, written once for every executor (OSCAR's FaaS Supervisor, in effect).
+
+For one invocation: make fresh input/output folders, stage the input file, build the OSCAR
+environment, have the executor run `/bin/sh script.sh`, then upload every file the script wrote
+under TMP_OUTPUT_DIR to each matching output path. Outputs are uploaded only after a successful run,
+each object written atomically under a name derived from the input, so a re-run replaces rather than
+duplicates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from sluice.executors.base import Completed, Executor, Invocation
+from sluice.runtime.workspace import Workspace
+from sluice.spec.service import ServiceSpec
+from sluice.storage.base import join_key
+from sluice.storage.registry import StorageRouter, split_path
+
+# Only these variables of the server's own environment reach a script: never the server's secrets.
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "SLUICE_DEMO_MODEL",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
+PAYLOAD_FILE = "event_file"
+
+
+@dataclass(frozen=True)
+class InvocationInput:
+    """What triggered the invocation: an object in a bucket, or a payload posted directly."""
+
+    job_id: str
+    bucket: str | None = None
+    key: str | None = None
+    event: str | None = None  # the event JSON, as the script will see it in $EVENT
+    payload: bytes | None = None
+    event_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    completed: Completed
+    outputs: list[str]  # "bucket/key" of every uploaded output
+
+    @property
+    def succeeded(self) -> bool:
+        return self.completed.exit_code == 0
+
+
+async def invoke(
+    trigger: InvocationInput,
+    spec: ServiceSpec,
+    token: str,
+    *,
+    storage: StorageRouter,
+    executor: Executor,
+    workspace: Workspace,
+    script: Path,
+    default_timeout: float,
+    log_limit: int,
+) -> InvocationResult:
+    """Run one invocation in `workspace` (empty folders, emptied again by its pool afterwards)."""
+    input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
+    env = _environment(trigger, spec, token, input_path, workspace.input_dir, workspace.output_dir)
+    completed = await executor.run(
+        Invocation(
+            argv=["/bin/sh", str(script)],
+            env=env,
+            workdir=workspace.root,
+            timeout=spec.timeout or default_timeout,
+            memory_bytes=spec.memory_limit if "memory" in spec.model_fields_set else None,
+            cpus=spec.cpu_cores,
+            image=spec.image,
+            log_limit=log_limit,
+        )
+    )
+    outputs = await _upload_outputs(spec, storage, workspace.output_dir) if completed.exit_code == 0 else []
+    return InvocationResult(completed, outputs)
+
+
+async def _stage_input(
+    trigger: InvocationInput, spec: ServiceSpec, storage: StorageRouter, input_dir: Path
+) -> Path:
+    if trigger.bucket and trigger.key:
+        dest = input_dir / PurePosixPath(trigger.key).name
+        provider = _input_provider(trigger.bucket, spec, storage)
+        await provider.get(trigger.bucket, trigger.key, dest)
+        return dest
+    dest = input_dir / PAYLOAD_FILE
+    dest.write_bytes(decode_payload(trigger.payload or b""))
+    return dest
+
+
+def _input_provider(bucket: str, spec: ServiceSpec, storage: StorageRouter):  # type: ignore[no-untyped-def]
+    for io in spec.input:
+        if split_path(io.path)[0] == bucket:
+            return storage.for_io(spec, io)
+    return storage.default
+
+
+def decode_payload(body: bytes) -> bytes:
+    """OSCAR's rule for a posted body: JSON is kept as-is, anything else is base64 and decoded.
+
+    A body that is neither (plain bytes sent by a newer client) is kept as-is rather than rejected.
+    """
+    stripped = body.strip()
+    if not stripped:
+        return b""
+    try:
+        json.loads(stripped)
+        return body
+    except ValueError:
+        pass
+    try:
+        return base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        return body
+
+
+def _environment(
+    trigger: InvocationInput,
+    spec: ServiceSpec,
+    token: str,
+    input_path: Path,
+    input_dir: Path,
+    output_dir: Path,
+) -> dict[str, str]:
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    # The interpreter running Sluice comes first, so scripts find the same `python` and packages.
+    interpreter_bin = str(Path(sys.executable).parent)
+    env["PATH"] = interpreter_bin + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(spec.environment.variables)
+    env.update(spec.environment.secrets)
+    event_time = trigger.event_time or datetime.now(UTC)
+    env.update(
+        INPUT_FILE_PATH=str(input_path),
+        TMP_INPUT_DIR=str(input_dir),
+        TMP_OUTPUT_DIR=str(output_dir),
+        STORAGE_OBJECT_KEY=f"{trigger.bucket}/{trigger.key}" if trigger.key else "",
+        EVENT=trigger.event or "",
+        EVENT_TIME=event_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        JOB_UUID=trigger.job_id,
+        OSCAR_SERVICE_NAME=spec.name,
+        OSCAR_SERVICE_TOKEN=token,
+        LOG_LEVEL=spec.log_level,
+    )
+    return env
+
+
+async def _upload_outputs(spec: ServiceSpec, storage: StorageRouter, output_dir: Path) -> list[str]:
+    produced = sorted(
+        os.path.relpath(os.path.join(dirpath, name), output_dir)
+        for dirpath, _, names in os.walk(output_dir)
+        for name in names
+    )
+    uploaded = []
+    for relative in produced:
+        relative = relative.replace(os.sep, "/")
+        targets = [io for io in spec.output if io.accepts(relative)]
+        for index, io in enumerate(targets):
+            bucket, folder = split_path(io.path)
+            key = join_key(folder, relative)
+            provider = storage.for_io(spec, io)
+            adopt = getattr(provider, "adopt", None)
+            if adopt is not None and index == len(targets) - 1:
+                await adopt(output_dir / relative, bucket, key)  # the last copy can move: no copying
+            else:
+                await provider.put(output_dir / relative, bucket, key)
+            uploaded.append(f"{bucket}/{key}")
+    return uploaded
+
+
+def event_for(bucket: str, key: str, etag: str | None, size: int | None, when: datetime) -> dict[str, object]:
+    """A MinIO-style S3 event, the shape OSCAR scripts read from $EVENT."""
+    from urllib.parse import quote
+
+    return {
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": f"{bucket}/{key}",
+        "Records": [
+            {
+                "eventVersion": "2.0",
+                "eventSource": "minio:s3",
+                "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "eventName": "s3:ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": bucket},
+                    "object": {"key": quote(key), "size": size or 0, "eTag": etag or ""},
+                },
+            }
+        ],
+    }

@@ -1,0 +1,77 @@
+"""Configuration, loaded once into a typed object (environment variables `SLUICE_*` and flags).
+
+No other module reads `os.environ` for its own configuration; the composition root
+(`sluice.api.app.create_app`) receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".sluice")
+    database: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    storage: str | None = Field(
+        default=None,
+        description="'local' (buckets under data_dir) or s3://KEY:SECRET@host:port[?region=..&secure=0]",
+    )
+    public_url: str | None = Field(default=None, description="URL clients use to reach this server")
+    admin_user: str = "oscar"
+    admin_password: SecretStr | None = None
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=0,
+        description="jobs run at once here; 0: accept and serve only, run no jobs",
+    )
+    job_timeout: float = Field(default=3600.0, gt=0, description="default per-job timeout, seconds")
+    log_limit: int = Field(default=256 * 1024, ge=1024, description="bytes of job log kept")
+    max_upload: int = Field(default=1024**3, ge=1, description="largest accepted upload, bytes")
+    max_body: int = Field(default=16 * 1024**2, ge=1, description="largest /job or JSON body, bytes")
+    lease_seconds: float = Field(default=30.0, gt=1, description="a running job's lease; renewed")
+    reconcile_interval: float = Field(default=30.0, ge=0, description="0 turns the reconciler off")
+    retry_base_delay: float = Field(default=2.0, ge=0)
+    retry_max_delay: float = Field(default=300.0, ge=0)
+    webhook_token: SecretStr | None = Field(default=None, description="bearer token storage webhooks send")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()  # jobs run in other working directories
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'sluice.db'}"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return (self.public_url or f"http://{host}:{self.port}").rstrip("/")
+
+    def ensure_admin_password(self) -> tuple[str, bool]:
+        """The admin password: configured, or generated once and kept in the data dir.
+
+        Returns the password and whether it was generated just now (so it is printed once).
+        """
+        if self.admin_password is not None:
+            return self.admin_password.get_secret_value(), False
+        path = self.data_dir / ADMIN_PASSWORD_FILE
+        if path.exists():
+            return path.read_text().strip(), False
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(18)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        return password, True

@@ -1,0 +1,187 @@
+"""Buckets as folders under one root directory: the embedded, zero-setup provider.
+
+Writes go to a temporary file under `<root>/.tmp` and are renamed into place, so a reader or a
+crash never sees half an object. The ETag is derived from the file's identity (inode, size,
+mtime), so listing never reads file contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sluice.errors import BucketNotFound, Conflict, ObjectNotFound
+from sluice.storage.base import ObjectInfo, Operation, Page, validate_bucket, validate_key
+
+TMP_DIR = ".tmp"
+
+
+class LocalStorage:
+    name = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        (self.root / TMP_DIR).mkdir(parents=True, exist_ok=True)
+
+    # buckets
+
+    def _bucket_dir(self, bucket: str) -> Path:
+        return self.root / validate_bucket(bucket)
+
+    def _existing_bucket(self, bucket: str) -> Path:
+        path = self._bucket_dir(bucket)
+        if not path.is_dir():
+            raise BucketNotFound(bucket)
+        return path
+
+    async def create_bucket(self, bucket: str) -> None:
+        self._bucket_dir(bucket).mkdir(exist_ok=True)
+
+    async def delete_bucket(self, bucket: str, force: bool = False) -> None:
+        path = self._existing_bucket(bucket)
+        if force:
+            await asyncio.to_thread(shutil.rmtree, path)
+            return
+        if any(path.iterdir()):
+            raise Conflict(f"bucket '{bucket}' is not empty")
+        path.rmdir()
+
+    async def bucket_exists(self, bucket: str) -> bool:
+        return self._bucket_dir(bucket).is_dir()
+
+    async def list_buckets(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name != TMP_DIR)
+
+    async def make_folder(self, bucket: str, folder: str) -> None:
+        """Local buckets show folders; create a service's input/output folders so users see them."""
+        (self._existing_bucket(bucket) / validate_key(folder)).mkdir(parents=True, exist_ok=True)
+
+    # objects
+
+    def _object_path(self, bucket: str, key: str) -> Path:
+        return self._existing_bucket(bucket) / validate_key(key)
+
+    def _info(self, bucket: str, key: str, stat: os.stat_result) -> ObjectInfo:
+        identity = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=stat.st_size,
+            etag=hashlib.md5(identity, usedforsecurity=False).hexdigest(),
+            last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+        )
+
+    async def put(self, src: Path, bucket: str, key: str) -> ObjectInfo:
+        dest = self._object_path(bucket, key)
+        return await asyncio.to_thread(self._put_sync, src, dest, bucket, key)
+
+    def _put_sync(self, src: Path, dest: Path, bucket: str, key: str) -> ObjectInfo:
+        staging = self.root / TMP_DIR / uuid.uuid4().hex
+        shutil.copyfile(src, staging)
+        return self._publish(staging, dest, bucket, key)
+
+    async def adopt(self, staging: Path, bucket: str, key: str) -> ObjectInfo:
+        """Move a finished file (already on this filesystem) into place: no copy."""
+        dest = self._object_path(bucket, key)
+        return await asyncio.to_thread(self._publish, staging, dest, bucket, key)
+
+    def staging_path(self) -> Path:
+        """A fresh path on the same filesystem, for callers that write an upload before `adopt`."""
+        return self.root / TMP_DIR / uuid.uuid4().hex
+
+    def _publish(self, staging: Path, dest: Path, bucket: str, key: str) -> ObjectInfo:
+        if not dest.parent.is_dir():  # a stat is far cheaper than mkdir on an existing folder
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_dir():
+            staging.unlink(missing_ok=True)
+            raise Conflict(f"'{key}' is a folder in bucket '{bucket}'")
+        try:
+            os.replace(staging, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # `adopt` of a file on another filesystem: copy it next to the bucket first.
+            nearby = self.staging_path()
+            shutil.copyfile(staging, nearby)
+            os.replace(nearby, dest)
+            staging.unlink(missing_ok=True)
+        return self._info(bucket, key, dest.stat())
+
+    async def get(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
+        path = self._object_path(bucket, key)
+        try:
+            info = self._info(bucket, key, path.stat())
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            await asyncio.to_thread(shutil.copyfile, path, dest)
+        except FileNotFoundError:
+            raise ObjectNotFound(bucket, key) from None
+        return info
+
+    def open_path(self, bucket: str, key: str) -> Path:
+        """The object's file, for zero-copy streaming by the API."""
+        path = self._object_path(bucket, key)
+        if not path.is_file():
+            raise ObjectNotFound(bucket, key)
+        return path
+
+    async def stat(self, bucket: str, key: str) -> ObjectInfo:
+        path = self._object_path(bucket, key)
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            return self._info(bucket, key, path.stat())
+        except FileNotFoundError:
+            raise ObjectNotFound(bucket, key) from None
+
+    async def delete(self, bucket: str, key: str) -> None:
+        path = self._object_path(bucket, key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise ObjectNotFound(bucket, key) from None
+        except IsADirectoryError:
+            await asyncio.to_thread(shutil.rmtree, path)
+
+    def _walk(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        base = self._existing_bucket(bucket)
+        # Only descend into the folder the prefix names, not the whole bucket.
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = base / folder if folder else base
+        found = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, base)
+            for filename in filenames:
+                key = filename if rel_dir == "." else f"{rel_dir}/{filename}"
+                if key.startswith(prefix):
+                    try:
+                        found.append(self._info(bucket, key, os.stat(os.path.join(dirpath, filename))))
+                    except FileNotFoundError:
+                        continue  # deleted while listing
+        found.sort(key=lambda info: info.key)
+        return found
+
+    async def list(self, bucket: str, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        for info in await asyncio.to_thread(self._walk, bucket, prefix):
+            yield info
+
+    async def list_page(
+        self, bucket: str, prefix: str = "", token: str | None = None, limit: int = 1000
+    ) -> Page:
+        objects = await asyncio.to_thread(self._walk, bucket, prefix)
+        if token:
+            objects = [o for o in objects if o.key > token]
+        page = objects[:limit]
+        next_token = page[-1].key if len(objects) > limit else None
+        return Page(page, next_token)
+
+    def presign(self, bucket: str, key: str, operation: Operation, expires_in: int) -> str | None:
+        return None  # the platform serves local objects itself, under a signed URL
