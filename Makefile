@@ -19,7 +19,7 @@ run: $(STAMP)
 	@echo "  $(BIN)/sluice put-file digits/input examples/digits/samples/*.csv"
 	@echo "  $(BIN)/sluice jobs digits"
 	@echo "  $(BIN)/sluice ls digits/output"
-	@echo "  $(BIN)/sluice get-file digits/output/digit-0-0.json - "
+	@echo "  $(BIN)/sluice get-file digits/output/digit-1579-0.json - "
 	$(BIN)/sluice serve --port $(PORT) --apply examples/digits/digits.yaml
 
 # PostgreSQL server binaries for the throwaway test cluster (tests/pg.py).

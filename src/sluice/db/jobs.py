@@ -104,7 +104,8 @@ def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float)
         if version is not None:
             first_of_version.setdefault((new.service, *version), index)
     fresh: set[tuple[str, str, str, str]] = set()
-    versions = list(first_of_version.items())
+    # A fixed order: two transactions inserting the same objects cannot deadlock on PostgreSQL.
+    versions = sorted(first_of_version.items())
     for start in range(0, len(versions), LEDGER_CHUNK):
         chunk = versions[start : start + LEDGER_CHUNK]
         rows = connection.execute(
@@ -181,11 +182,14 @@ def claim(connection: Connection, worker: str, limit: int, now: float, lease: fl
         .order_by(jobs.c.run_after)
         .limit(limit)
     )
+    chosen: Any = candidates.scalar_subquery()
     if connection.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+        # Materialized, or PostgreSQL may re-run the LIMITed subquery per row and take every job.
+        locked = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
+        chosen = select(locked.c.id)
     rows = connection.execute(
         update(jobs)
-        .where(jobs.c.id.in_(candidates.scalar_subquery()), jobs.c.status == QUEUED)
+        .where(jobs.c.id.in_(chosen), jobs.c.status == QUEUED)
         .values(
             status=RUNNING,
             worker=worker,

@@ -28,6 +28,7 @@ from sluice.runtime.workspace import WorkspacePool
 from sluice.storage.registry import StorageRouter
 
 log = logging.getLogger("sluice.dispatcher")
+PREFETCH = 2
 
 
 class Dispatcher:
@@ -60,7 +61,10 @@ class Dispatcher:
         self.retry = retry
         self.poll_interval = poll_interval
         self._running: dict[str, asyncio.Task[None]] = {}  # until the outcome is recorded
-        self._occupying: set[str] = set()  # jobs holding a slot: until their process ends
+        # A slot is held only while a script runs; twice as many jobs are claimed, so the next
+        # ones stage their input while the current ones run.
+        self._slots = asyncio.Semaphore(slots)
+        self._capacity = slots * PREFETCH
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -107,7 +111,7 @@ class Dispatcher:
     async def _loop(self) -> None:
         while True:
             self._wakeup.clear()
-            free = self.slots - len(self._occupying)
+            free = self._capacity - len(self._running)
             claimed: list[Job] = []
             if free > 0:
                 try:
@@ -117,7 +121,6 @@ class Dispatcher:
                 except Exception:
                     log.exception("claiming jobs failed; retrying")
                 for job in claimed:
-                    self._occupying.add(job.id)
                     self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
                 if claimed and len(claimed) == free:
                     continue  # there may be more queued: claim again as soon as a slot frees
@@ -133,12 +136,7 @@ class Dispatcher:
             log.exception("job %s failed in the platform", job.id)
             await self._record_failure(job, None, "", f"platform error: {exc}")
         finally:
-            self._free_slot(job.id)
             self._running.pop(job.id, None)
-
-    def _free_slot(self, job_id: str) -> None:
-        if job_id in self._occupying:
-            self._occupying.discard(job_id)
             self._wakeup.set()
 
     async def _run_job(self, job: Job) -> None:
@@ -176,13 +174,13 @@ class Dispatcher:
                 script=self.workspaces.script(record.spec.script),
                 default_timeout=self.default_timeout,
                 log_limit=self.log_limit,
+                gate=self._slots,
             )
         except SluiceError as exc:  # e.g. the input object vanished, a store is unreachable
             await self._record_failure(job, None, "", exc.message)
             return
         finally:
             self.workspaces.release(workspace)
-            self._free_slot(job.id)  # the next job can start while this outcome is recorded
         done = result.completed
         if result.succeeded:
             now = time.time()

@@ -10,10 +10,12 @@ duplicates.
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import json
 import os
 import sys
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -76,22 +78,27 @@ async def invoke(
     script: Path,
     default_timeout: float,
     log_limit: int,
+    gate: AbstractAsyncContextManager[object] | None = None,
 ) -> InvocationResult:
-    """Run one invocation in `workspace` (empty folders, emptied again by its pool afterwards)."""
+    """Run one invocation in `workspace` (empty folders, emptied again by its pool afterwards).
+
+    `gate`, if given, is held only while the script runs (an execution slot): staging the input
+    and uploading outputs overlap with other jobs' scripts.
+    """
     input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
     env = _environment(trigger, spec, token, input_path, workspace.input_dir, workspace.output_dir)
-    completed = await executor.run(
-        Invocation(
-            argv=["/bin/sh", str(script)],
-            env=env,
-            workdir=workspace.root,
-            timeout=spec.timeout or default_timeout,
-            memory_bytes=spec.memory_limit if "memory" in spec.model_fields_set else None,
-            cpus=spec.cpu_cores,
-            image=spec.image,
-            log_limit=log_limit,
-        )
+    invocation = Invocation(
+        argv=["/bin/sh", str(script)],
+        env=env,
+        workdir=workspace.root,
+        timeout=spec.timeout or default_timeout,
+        memory_bytes=spec.memory_limit if "memory" in spec.model_fields_set else None,
+        cpus=spec.cpu_cores,
+        image=spec.image,
+        log_limit=log_limit,
     )
+    async with gate or contextlib.nullcontext():
+        completed = await executor.run(invocation)
     outputs = await _upload_outputs(spec, storage, workspace.output_dir) if completed.exit_code == 0 else []
     return InvocationResult(completed, outputs)
 

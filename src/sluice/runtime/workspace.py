@@ -23,7 +23,14 @@ class Workspace:
         self.output_dir.mkdir(exist_ok=True)
 
     def clear(self) -> None:
-        """Remove what the last job left; keep the folders themselves."""
+        """Remove what the last job left; keep the folders themselves.
+
+        Raises OSError if a script replaced a scratch folder (say, by a symlink elsewhere): the
+        pool then discards this workspace instead of emptying whatever the link points to.
+        """
+        for folder in (self.input_dir, self.output_dir):
+            if folder.is_symlink() or not folder.is_dir():
+                raise OSError(f"{folder} is no longer a plain folder")
         for folder in (self.input_dir, self.output_dir, self.root):
             with os.scandir(folder) as entries:
                 for entry in entries:

@@ -14,6 +14,7 @@ An FDL file looks like::
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,27 @@ from sluice.errors import SpecError
 from sluice.spec.service import ServiceSpec
 
 FDL_TOP_LEVEL = ("functions", "storage_providers", "clusters")
+TRAILING_BLANKS = re.compile(r"[ \t]+$", re.MULTILINE)
 
 
 def load_yaml(text: str, source: str) -> Any:
-    """YAML to Python objects; a syntax error names the line and column."""
+    """YAML to Python objects; a syntax error names the line and column.
+
+    Trailing tabs, which Go's YAML parser (oscar-cli) accepts and PyYAML does not, are forgiven.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        relaxed = TRAILING_BLANKS.sub("", text)
+        if relaxed == text:
+            return _explain_yaml_error(text, source)
+        try:
+            return yaml.safe_load(relaxed)
+        except yaml.YAMLError:
+            return _explain_yaml_error(text, source)
+
+
+def _explain_yaml_error(text: str, source: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:

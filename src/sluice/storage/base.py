@@ -23,6 +23,7 @@ from sluice.errors import InvalidInput, InvalidObjectKey
 
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255  # a file name's limit on the local store
 
 Operation = Literal["upload", "download"]
 
@@ -96,7 +97,16 @@ def validate_key(key: str) -> str:
         raise InvalidObjectKey(f"object key '{key}' contains a '.' or '..' segment")
     if any(part == "" for part in parts[:-1]) or parts[-1] == "":
         raise InvalidObjectKey(f"object key '{key}' has an empty path segment")
+    if any(len(part.encode()) > MAX_SEGMENT_BYTES for part in parts):
+        raise InvalidObjectKey(f"a segment of object key '{key}' is longer than {MAX_SEGMENT_BYTES} bytes")
     return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A listing prefix: like a key, but may be empty or end with '/'."""
+    if prefix:
+        validate_key(prefix.removesuffix("/") or "/")
+    return prefix
 
 
 def join_key(folder: str, name: str) -> str:

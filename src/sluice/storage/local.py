@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sluice.errors import BucketNotFound, Conflict, ObjectNotFound
-from sluice.storage.base import ObjectInfo, Operation, Page, validate_bucket, validate_key
+from sluice.storage.base import ObjectInfo, Operation, Page, validate_bucket, validate_key, validate_prefix
 
 TMP_DIR = ".tmp"
 
@@ -83,13 +83,19 @@ class LocalStorage:
         return await asyncio.to_thread(self._put_sync, src, dest, bucket, key)
 
     def _put_sync(self, src: Path, dest: Path, bucket: str, key: str) -> ObjectInfo:
-        staging = self.root / TMP_DIR / uuid.uuid4().hex
-        shutil.copyfile(src, staging)
+        staging = self.staging_path()
+        try:
+            shutil.copyfile(src, staging)
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
         return self._publish(staging, dest, bucket, key)
 
     async def adopt(self, staging: Path, bucket: str, key: str) -> ObjectInfo:
         """Move a finished file (already on this filesystem) into place: no copy."""
         dest = self._object_path(bucket, key)
+        if staging.is_symlink():  # a link would point into a folder about to be cleared: copy
+            return await asyncio.to_thread(self._put_sync, staging, dest, bucket, key)
         return await asyncio.to_thread(self._publish, staging, dest, bucket, key)
 
     def staging_path(self) -> Path:
@@ -97,11 +103,19 @@ class LocalStorage:
         return self.root / TMP_DIR / uuid.uuid4().hex
 
     def _publish(self, staging: Path, dest: Path, bucket: str, key: str) -> ObjectInfo:
-        if not dest.parent.is_dir():  # a stat is far cheaper than mkdir on an existing folder
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_dir():
-            staging.unlink(missing_ok=True)
-            raise Conflict(f"'{key}' is a folder in bucket '{bucket}'")
+        try:
+            if not dest.parent.is_dir():  # a stat is far cheaper than mkdir on an existing folder
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_dir():
+                raise Conflict(f"'{key}' is a folder in bucket '{bucket}'")
+            self._replace(staging, dest)
+        except (FileExistsError, NotADirectoryError):
+            raise Conflict(f"cannot store '{key}' in bucket '{bucket}': a parent of it is an object") from None
+        finally:
+            staging.unlink(missing_ok=True)  # gone after a successful move; removed after a failure
+        return self._info(bucket, key, dest.stat())
+
+    def _replace(self, staging: Path, dest: Path) -> None:
         try:
             os.replace(staging, dest)
         except OSError as exc:
@@ -109,10 +123,11 @@ class LocalStorage:
                 raise
             # `adopt` of a file on another filesystem: copy it next to the bucket first.
             nearby = self.staging_path()
-            shutil.copyfile(staging, nearby)
-            os.replace(nearby, dest)
-            staging.unlink(missing_ok=True)
-        return self._info(bucket, key, dest.stat())
+            try:
+                shutil.copyfile(staging, nearby)
+                os.replace(nearby, dest)
+            finally:
+                nearby.unlink(missing_ok=True)
 
     async def get(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
         path = self._object_path(bucket, key)
@@ -152,6 +167,7 @@ class LocalStorage:
 
     def _walk(self, bucket: str, prefix: str) -> list[ObjectInfo]:
         base = self._existing_bucket(bucket)
+        validate_prefix(prefix)
         # Only descend into the folder the prefix names, not the whole bucket.
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = base / folder if folder else base

@@ -1,0 +1,490 @@
+"""The execution contract a service's script sees: real /bin/sh processes, real files, LocalStorage."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sluice.engine.retry import RetryStrategy
+from sluice.executors.process import ProcessExecutor
+from sluice.runtime.invocation import INHERITED_ENV, InvocationInput, InvocationResult, invoke
+from sluice.runtime.workspace import Workspace, WorkspacePool
+from sluice.spec.fdl import parse_service
+from sluice.spec.service import ServiceSpec
+from sluice.storage.local import LocalStorage
+from sluice.storage.registry import StorageRouter
+
+TOKEN = "ab" * 32
+JOB = "0123456789abcdef0123456789abcdef"
+
+
+def service(script: str, **fields: Any) -> ServiceSpec:
+    return parse_service(
+        {
+            "name": "svc",
+            "image": "alpine",
+            "script": script,
+            "input": [{"path": "inbox/data"}],
+            "output": [{"path": "outbox/results"}],
+            **fields,
+        }
+    )
+
+
+def leftovers(workspace: Workspace) -> list[str]:
+    """What a finished job left in its workspace (the empty input/output folders are kept)."""
+    return sorted(
+        str(p.relative_to(workspace.root))
+        for p in workspace.root.rglob("*")
+        if p not in (workspace.input_dir, workspace.output_dir)
+    )
+
+
+@dataclass
+class Runtime:
+    """A LocalStorage with buckets inbox/outbox/other, a workspace pool and the process executor."""
+
+    local: LocalStorage
+    work_root: Path
+    executor: ProcessExecutor
+    scratch: Path
+
+    async def invoke_in(
+        self,
+        pool: WorkspacePool,
+        spec: ServiceSpec,
+        trigger: InvocationInput,
+        log_limit: int = 256 * 1024,
+        default_timeout: float = 60,
+    ) -> tuple[InvocationResult, Workspace]:
+        """What the dispatcher does for one job: take a workspace, invoke, hand the workspace back."""
+        workspace = await pool.acquire()
+        try:
+            result = await invoke(
+                trigger,
+                spec,
+                TOKEN,
+                storage=StorageRouter(self.local),
+                executor=self.executor,
+                workspace=workspace,
+                script=pool.script(spec.script),
+                default_timeout=default_timeout,
+                log_limit=log_limit,
+            )
+        finally:
+            pool.release(workspace)
+        return result, workspace
+
+    def run(
+        self, spec: ServiceSpec, trigger: InvocationInput | None = None, **limits: Any
+    ) -> InvocationResult:
+        async def one() -> tuple[InvocationResult, Workspace]:
+            pool = WorkspacePool(self.work_root)
+            return await self.invoke_in(pool, spec, trigger or InvocationInput(job_id=JOB), **limits)
+
+        result, workspace = asyncio.run(one())
+        assert leftovers(workspace) == [], "the job left files in its workspace"
+        return result
+
+    def upload(self, bucket: str, key: str, data: bytes) -> None:
+        source = self.scratch / "upload-source"
+        source.write_bytes(data)
+        asyncio.run(self.local.put(source, bucket, key))
+
+    def read(self, bucket: str, key: str) -> bytes:
+        dest = self.scratch / "download"
+        asyncio.run(self.local.get(bucket, key, dest))
+        return dest.read_bytes()
+
+    def keys(self, bucket: str) -> list[str]:
+        return [o.key for o in asyncio.run(self.local.list_page(bucket)).objects]
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[ProcessExecutor]:
+    yield ProcessExecutor(max_threads=8)
+
+
+@pytest.fixture
+def rt(tmp_path: Path, executor: ProcessExecutor) -> Runtime:
+    local = LocalStorage(tmp_path / "data")
+    for bucket in ("inbox", "outbox", "other"):
+        asyncio.run(local.create_bucket(bucket))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return Runtime(local, tmp_path / "work", executor, scratch)
+
+
+# --- the environment -----------------------------------------------------------------------------
+
+ENV_SCRIPT = """\
+set -e
+env -0 > "$TMP_OUTPUT_DIR/env.bin"
+cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/input-copy"
+test -d "$TMP_INPUT_DIR"
+pwd > "$TMP_OUTPUT_DIR/pwd.txt"
+echo "script ran for $OSCAR_SERVICE_NAME"
+"""
+EVENT = {"Key": "inbox/data/sub/photo.jpg", "Records": [{"eventSource": "minio:s3"}]}
+
+
+def run_env_dump(rt: Runtime, **fields: Any) -> tuple[InvocationResult, dict[str, str]]:
+    rt.upload("inbox", "data/sub/photo.jpg", b"\x89PNG fake image \x00\xff")
+    trigger = InvocationInput(
+        job_id=JOB,
+        bucket="inbox",
+        key="data/sub/photo.jpg",
+        event=json.dumps(EVENT),
+        event_time=datetime(2024, 1, 2, 3, 4, 5, 678900, tzinfo=UTC),
+    )
+    result = rt.run(service(ENV_SCRIPT, **fields), trigger)
+    assert result.completed.exit_code == 0, result.completed.output
+    raw = rt.read("outbox", "results/env.bin").decode()
+    env = dict(item.split("=", 1) for item in raw.split("\0") if item)
+    return result, env
+
+
+def test_script_sees_the_oscar_environment(rt: Runtime) -> None:
+    result, env = run_env_dump(
+        rt, environment={"variables": {"MODEL": "small", "THREADS": 4}, "secrets": {"API_KEY": "s3cr3t"}}
+    )
+
+    assert env["STORAGE_OBJECT_KEY"] == "inbox/data/sub/photo.jpg"
+    assert json.loads(env["EVENT"]) == EVENT
+    assert env["EVENT_TIME"] == "2024-01-02T03:04:05.678900Z"
+    assert env["JOB_UUID"] == JOB
+    assert env["OSCAR_SERVICE_NAME"] == "svc"
+    assert env["OSCAR_SERVICE_TOKEN"] == TOKEN
+    assert (env["MODEL"], env["THREADS"], env["API_KEY"]) == ("small", "4", "s3cr3t")
+    # the input was staged under TMP_INPUT_DIR with the object's name and content
+    assert Path(env["INPUT_FILE_PATH"]).parent == Path(env["TMP_INPUT_DIR"])
+    assert Path(env["INPUT_FILE_PATH"]).name == "photo.jpg"
+    assert rt.read("outbox", "results/input-copy") == b"\x89PNG fake image \x00\xff"
+    # separate folders inside the job's own working directory, which is the script's cwd
+    cwd = Path(rt.read("outbox", "results/pwd.txt").decode().strip()).resolve()
+    assert Path(env["TMP_INPUT_DIR"]).resolve().parent == cwd
+    assert Path(env["TMP_OUTPUT_DIR"]).resolve().parent == cwd
+    assert env["TMP_INPUT_DIR"] != env["TMP_OUTPUT_DIR"]
+    assert cwd.is_relative_to(rt.work_root.resolve())
+    assert "script ran for svc" in result.completed.output
+
+
+def test_server_secrets_do_not_reach_the_script(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_ADMIN_PASSWORD", "server-admin-password")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-s3-secret")
+    monkeypatch.setenv("SLUICE_DATABASE_URL", "postgresql://user:server-db-password@db/sluice")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+
+    _, env = run_env_dump(rt)
+
+    for name in ("SLUICE_ADMIN_PASSWORD", "AWS_SECRET_ACCESS_KEY", "SLUICE_DATABASE_URL"):
+        assert name not in env
+    secrets = ("server-admin-password", "server-s3-secret", "server-db-password")
+    assert [k for k, v in env.items() if any(s in v for s in secrets)] == []
+    assert env["LANG"] == "C.UTF-8"  # an allowed variable is inherited
+    assert "LANG" in INHERITED_ENV
+    # the interpreter running Sluice comes first on PATH
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_service_variables_cannot_override_the_contract(rt: Runtime) -> None:
+    _, env = run_env_dump(rt, environment={"variables": {"JOB_UUID": "fake", "OSCAR_SERVICE_TOKEN": "fake"}})
+    assert env["JOB_UUID"] == JOB
+    assert env["OSCAR_SERVICE_TOKEN"] == TOKEN
+
+
+def test_missing_input_object_is_an_error(rt: Runtime) -> None:
+    from sluice.errors import ObjectNotFound
+
+    trigger = InvocationInput(job_id=JOB, bucket="inbox", key="data/gone.txt")
+    with pytest.raises(ObjectNotFound):
+        rt.run(service("echo should not run"), trigger)
+    assert rt.keys("outbox") == []
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+OUTPUTS_SCRIPT = """\
+set -e
+cd "$TMP_OUTPUT_DIR"
+mkdir -p nested/deep
+printf '{"a": 1}' > a.json
+echo text > res.txt
+echo deep > nested/deep/res.json
+printf 'bin' > nested/x.bin
+"""
+
+
+def test_outputs_go_to_every_matching_output_path(rt: Runtime) -> None:
+    spec = service(
+        OUTPUTS_SCRIPT,
+        output=[
+            {"path": "outbox/all"},
+            {"path": "outbox/json", "suffix": [".json"]},
+            {"path": "other/res", "prefix": ["res"]},
+            {"path": "other/png", "suffix": ".png"},
+        ],
+    )
+
+    result = rt.run(spec)
+
+    assert result.succeeded, result.completed.output
+    assert rt.keys("outbox") == [
+        "all/a.json",
+        "all/nested/deep/res.json",
+        "all/nested/x.bin",
+        "all/res.txt",
+        "json/a.json",
+        "json/nested/deep/res.json",
+    ]
+    assert rt.keys("other") == ["res/nested/deep/res.json", "res/res.txt"]
+    assert sorted(result.outputs) == sorted(
+        [f"outbox/{k}" for k in rt.keys("outbox")] + [f"other/{k}" for k in rt.keys("other")]
+    )
+    for bucket, key in [("outbox", "all/nested/deep/res.json"), ("outbox", "json/nested/deep/res.json")]:
+        assert rt.read(bucket, key) == b"deep\n"
+    assert rt.read("other", "res/nested/deep/res.json") == b"deep\n"
+    assert rt.read("other", "res/res.txt") == b"text\n"
+    assert rt.read("outbox", "all/nested/x.bin") == b"bin"
+
+
+def test_output_written_as_a_symlink_is_uploaded_with_its_content(rt: Runtime) -> None:
+    rt.upload("inbox", "data/photo.jpg", b"the picture")
+    script = 'ln -s "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/same.jpg"\n'
+    result = rt.run(service(script), InvocationInput(job_id=JOB, bucket="inbox", key="data/photo.jpg"))
+    assert result.succeeded
+    assert result.outputs == ["outbox/results/same.jpg"]
+    assert rt.keys("outbox") == ["results/same.jpg"]
+    assert rt.read("outbox", "results/same.jpg") == b"the picture"
+
+
+def test_no_output_paths_means_nothing_uploaded(rt: Runtime) -> None:
+    result = rt.run(service(OUTPUTS_SCRIPT, output=[]))
+    assert result.succeeded
+    assert result.outputs == []
+    assert rt.keys("outbox") == [] and rt.keys("other") == []
+
+
+def test_non_zero_exit_uploads_nothing(rt: Runtime) -> None:
+    script = 'echo partial > "$TMP_OUTPUT_DIR/partial.txt"\necho "something broke" >&2\nexit 7\n'
+    result = rt.run(service(script))
+    assert result.completed.exit_code == 7
+    assert not result.succeeded
+    assert not result.completed.timed_out
+    assert result.outputs == []
+    assert rt.keys("outbox") == []
+    assert "something broke" in result.completed.output
+
+
+def test_a_reused_workspace_starts_clean(rt: Runtime) -> None:
+    messy = (
+        'echo junk > "$TMP_OUTPUT_DIR/junk.txt"\nmkdir -p "$TMP_OUTPUT_DIR/d/e" "$TMP_INPUT_DIR/x" cwd-dir\n'
+        'echo junk > "$TMP_OUTPUT_DIR/d/e/junk.txt"\necho junk > cwd-file\nexit 1\n'
+    )
+    check = 'ls -A "$TMP_OUTPUT_DIR" "$TMP_INPUT_DIR" . > "$TMP_OUTPUT_DIR/seen.txt"\n'
+
+    async def two_jobs() -> list[tuple[InvocationResult, Workspace]]:
+        pool = WorkspacePool(rt.work_root)
+        first = await rt.invoke_in(pool, service(messy), InvocationInput(job_id="job-1"))
+        second = await rt.invoke_in(pool, service(check), InvocationInput(job_id="job-2", payload=b"{}"))
+        return [first, second]
+
+    (first, ws1), (second, ws2) = asyncio.run(two_jobs())
+
+    assert ws1.root == ws2.root  # the same folder served both jobs
+    assert not first.succeeded and second.succeeded
+    assert rt.keys("outbox") == ["results/seen.txt"]
+    seen = rt.read("outbox", "results/seen.txt").decode()
+    for junk in ("junk.txt", "cwd-file", "cwd-dir", "d\n", "x\n"):
+        assert junk not in seen
+    assert leftovers(ws2) == []
+
+
+def test_cleanup_never_follows_a_symlinked_scratch_folder(rt: Runtime) -> None:
+    shared = rt.scratch / "shared-dataset"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("precious")
+    script = 'rm -rf "$TMP_INPUT_DIR"\nln -s "$SHARED" "$TMP_INPUT_DIR"\nls "$TMP_INPUT_DIR"\n'
+    spec = service(script, environment={"variables": {"SHARED": str(shared)}})
+
+    async def two_jobs() -> None:
+        pool = WorkspacePool(rt.work_root)
+        await rt.invoke_in(pool, spec, InvocationInput(job_id="job-1", payload=b"{}"))
+        await rt.invoke_in(pool, service("true"), InvocationInput(job_id="job-2", payload=b'{"next": 1}'))
+
+    asyncio.run(two_jobs())
+
+    assert sorted(p.name for p in shared.iterdir()) == ["keep.txt"]
+    assert (shared / "keep.txt").read_text() == "precious"
+
+
+def test_stale_workspaces_of_a_stopped_server_are_removed(rt: Runtime) -> None:
+    stale = rt.work_root / "slot-1" / "output"
+    stale.mkdir(parents=True)
+    (stale / "stale.txt").write_text("from a run that was interrupted")
+    result = rt.run(service('echo fresh > "$TMP_OUTPUT_DIR/fresh.txt"'))
+    assert result.succeeded
+    assert rt.keys("outbox") == ["results/fresh.txt"]
+
+
+# --- limits --------------------------------------------------------------------------------------
+
+
+def _live_processes_in_session(session: int) -> list[int]:
+    """Processes (not zombies) whose session id is `session`: what the script started."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, sid = fields[0], int(fields[3])
+        if sid == session and state not in ("Z", "X"):
+            alive.append(int(entry.name))
+    return alive
+
+
+def _wait_until_gone(session: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while _live_processes_in_session(session) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _live_processes_in_session(session)
+
+
+def test_timeout_kills_the_script_and_its_children(rt: Runtime) -> None:
+    pid_file = rt.scratch / "script.pid"
+    script = 'echo $$ > "$PID_FILE"\necho started\nsleep 30 &\nsleep 30\necho "not reached"\n'
+    spec = service(script, timeout=1, environment={"variables": {"PID_FILE": str(pid_file)}})
+
+    result = rt.run(spec)
+
+    assert result.completed.timed_out
+    assert result.completed.exit_code is None
+    assert not result.succeeded
+    assert result.outputs == []
+    assert "started" in result.completed.output
+    assert "not reached" not in result.completed.output
+    assert "timeout" in result.completed.output
+    assert _wait_until_gone(int(pid_file.read_text())) == []
+
+
+def test_background_children_end_with_the_script(rt: Runtime) -> None:
+    pid_file = rt.scratch / "script.pid"
+    script = 'echo $$ > "$PID_FILE"\nsleep 30 &\necho done > "$TMP_OUTPUT_DIR/out.txt"\n'
+    spec = service(script, environment={"variables": {"PID_FILE": str(pid_file)}})
+
+    result = rt.run(spec)
+
+    assert result.succeeded and not result.completed.timed_out
+    assert rt.keys("outbox") == ["results/out.txt"]
+    assert _wait_until_gone(int(pid_file.read_text())) == []
+
+
+def test_default_timeout_applies_without_a_service_timeout(rt: Runtime) -> None:
+    result = rt.run(service("sleep 30"), default_timeout=0.5)
+    assert result.completed.timed_out
+
+
+@pytest.mark.parametrize(
+    ("memory", "megabytes", "ok"),
+    [
+        pytest.param(None, 200, True, id="no-limit-200MB"),
+        pytest.param("64Mi", 200, False, id="64Mi-200MB"),
+        pytest.param("64Mi", 8, True, id="64Mi-8MB"),
+    ],
+)
+def test_memory_limit(rt: Runtime, memory: str | None, megabytes: int, ok: bool) -> None:
+    script = f'python3 -c "b = bytearray({megabytes}*1024*1024); print(len(b))"\n'
+    fields = {"memory": memory} if memory else {}
+    result = rt.run(service(script, **fields))
+    assert result.succeeded is ok, result.completed.output
+    if ok:
+        assert str(megabytes * 1024 * 1024) in result.completed.output
+    else:
+        assert "MemoryError" in result.completed.output
+
+
+def test_log_keeps_head_and_tail(rt: Runtime) -> None:
+    script = "echo BEGIN-MARKER\nhead -c 2000000 /dev/zero | tr '\\0' x\necho\necho END-MARKER\n"
+    limit = 64 * 1024
+
+    result = rt.run(service(script), log_limit=limit)
+
+    output = result.completed.output
+    assert result.succeeded
+    assert output.startswith("BEGIN-MARKER\n")
+    assert output.endswith("END-MARKER\n")
+    total = len("BEGIN-MARKER\n") + 2_000_000 + 1 + len("END-MARKER\n")
+    assert f"{total - limit} bytes of log left out" in output
+    assert len(output) < limit + 200
+
+
+def test_short_log_is_kept_whole(rt: Runtime) -> None:
+    result = rt.run(service("echo one\necho two >&2\necho three\n"), log_limit=1024)
+    assert result.completed.output == "one\ntwo\nthree\n"
+
+
+# --- payload invocations -------------------------------------------------------------------------
+
+PAYLOAD_SCRIPT = """\
+cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/input"
+printf %s "$STORAGE_OBJECT_KEY" > "$TMP_OUTPUT_DIR/key"
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "staged"),
+    [
+        pytest.param(base64.b64encode(b"\x00\x01binary\xff"), b"\x00\x01binary\xff", id="base64"),
+        pytest.param(base64.b64encode(b"hello") + b"\n", b"hello", id="base64-newline"),
+        pytest.param(b'{"image": "aGk=", "n": 1}', b'{"image": "aGk=", "n": 1}', id="json-object"),
+        pytest.param(b"[1, 2, 3]", b"[1, 2, 3]", id="json-list"),
+        pytest.param(b"not base64 at all!", b"not base64 at all!", id="plain-bytes"),
+        pytest.param(b"", b"", id="empty"),
+    ],
+)
+def test_payload_is_staged_as_the_input_file(rt: Runtime, body: bytes, staged: bytes) -> None:
+    result = rt.run(service(PAYLOAD_SCRIPT), InvocationInput(job_id="payload-job", payload=body))
+    assert result.succeeded, result.completed.output
+    assert rt.read("outbox", "results/input") == staged
+    assert rt.read("outbox", "results/key") == b""
+
+
+# --- retry backoff -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"),
+    [(0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (8, 256.0), (9, 300.0), (50, 300.0)],
+)
+def test_retry_delay_doubles_and_is_capped(failures: int, delay: float) -> None:
+    assert RetryStrategy().delay(failures) == delay
+
+
+@pytest.mark.parametrize(
+    ("base", "cap", "failures", "delay"),
+    [(0.5, 3.0, 1, 0.5), (0.5, 3.0, 3, 2.0), (0.5, 3.0, 4, 3.0), (10.0, 10.0, 1, 10.0)],
+)
+def test_retry_delay_custom(base: float, cap: float, failures: int, delay: float) -> None:
+    assert RetryStrategy(base_delay=base, max_delay=cap).delay(failures) == delay
+
+
+def test_retry_delays_never_decrease() -> None:
+    strategy = RetryStrategy(base_delay=1.5, max_delay=100)
+    delays = [strategy.delay(n) for n in range(1, 20)]
+    assert delays == sorted(delays)
+    assert max(delays) == 100
