@@ -10,8 +10,8 @@ duplicates.
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import json
 import os
 import sys
