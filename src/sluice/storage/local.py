@@ -110,7 +110,8 @@ class LocalStorage:
                 raise Conflict(f"'{key}' is a folder in bucket '{bucket}'")
             self._replace(staging, dest)
         except (FileExistsError, NotADirectoryError):
-            raise Conflict(f"cannot store {key!r} in bucket {bucket!r}: a parent folder is an object") from None
+            message = f"cannot store '{key}' in bucket '{bucket}': a parent folder is an object"
+            raise Conflict(message) from None
         finally:
             staging.unlink(missing_ok=True)  # gone after a successful move; removed after a failure
         return self._info(bucket, key, dest.stat())
