@@ -22,7 +22,8 @@ T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+    """An engine for `url`. On SQLite, `synchronous` sets when a commit is synced to disk."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -33,8 +34,7 @@ def make_engine(url: str) -> Engine:
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit survives power loss, not only a crash of the process.
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -58,8 +58,12 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        # FULL: a commit survives power loss, not only a crash of the process.
+        self.engine = make_engine(url, synchronous="FULL")
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        # Job progress commits without waiting for the disk (see `call_relaxed`): a second
+        # connection set up that way, used from the same single thread as the first.
+        self._relaxed = make_engine(url, synchronous="NORMAL") if self.is_sqlite else self.engine
         self._executor = ThreadPoolExecutor(
             max_workers=1 if self.is_sqlite else 6, thread_name_prefix="sluice-db"
         )
@@ -72,15 +76,8 @@ class Database:
             return fn(connection, *args, **kwargs)
 
     def _run_relaxed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
-            connection.commit()
-            try:
-                with connection.begin():
-                    return fn(connection, *args, **kwargs)
-            finally:
-                connection.exec_driver_sql("PRAGMA synchronous=FULL")
-                connection.commit()
+        with self._relaxed.begin() as connection:
+            return fn(connection, *args, **kwargs)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn(connection, ...)` in a transaction whose commit is durable before this returns."""
@@ -95,8 +92,6 @@ class Database:
         the next durable commit syncs it. A power cut may roll it back, which only runs a job
         again, and outputs are written under the same names again.
         """
-        if not self.is_sqlite:
-            return await self.call(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
         task = functools.partial(self._run_relaxed, fn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, task)
@@ -104,6 +99,7 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        self._relaxed.dispose()
 
 
 def temporary_engine(url: str) -> Engine:

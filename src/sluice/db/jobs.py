@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from sluice.db.schema import jobs, seen_objects
@@ -84,6 +84,32 @@ class Job:
 
 
 JOB_COLUMNS = [jobs.c[name] for name in Job.__dataclass_fields__]
+
+# The statements every job runs, written out once: building them with the expression language on
+# each call cost more CPU than the rest of a trivial job's platform work.
+_RETURNING = ", ".join(Job.__dataclass_fields__)
+_CLAIM_SET = (
+    "SET status = 'running', worker = :worker, lease_expires = :lease_expires, started_at = :now, "
+    "attempts = attempts + 1"
+)
+CLAIM_SQLITE = text(
+    f"UPDATE jobs {_CLAIM_SET} WHERE status = 'queued' AND id IN "
+    "(SELECT id FROM jobs WHERE status = 'queued' AND run_after <= :now ORDER BY run_after LIMIT :limit) "
+    f"RETURNING {_RETURNING}"
+)
+# Materialized, or PostgreSQL may re-run the LIMITed subquery per row and take every queued job.
+CLAIM_POSTGRESQL = text(
+    "WITH candidates AS MATERIALIZED (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= :now "
+    "ORDER BY run_after LIMIT :limit FOR UPDATE SKIP LOCKED) "
+    f"UPDATE jobs {_CLAIM_SET} WHERE status = 'queued' AND id IN (SELECT id FROM candidates) "
+    f"RETURNING {_RETURNING}"
+)
+FINISH = text(
+    "UPDATE jobs SET status = :status, finished_at = :now, exit_code = :exit_code, log = :log, "
+    "error = :error, lease_expires = NULL, "
+    "payload = CASE WHEN :drop_payload THEN NULL ELSE payload END "
+    "WHERE id = :id AND worker = :worker AND status = 'running'"
+)
 
 
 def _insert(connection: Connection, table: Any) -> Any:
@@ -176,28 +202,9 @@ def _ledger_job(connection: Connection, version: tuple[str, str, str, str]) -> s
 
 def claim(connection: Connection, worker: str, limit: int, now: float, lease: float) -> list[Job]:
     """Take up to `limit` runnable jobs for `worker`, atomically."""
-    candidates = (
-        select(jobs.c.id)
-        .where(jobs.c.status == QUEUED, jobs.c.run_after <= now)
-        .order_by(jobs.c.run_after)
-        .limit(limit)
-    )
-    chosen: Any = candidates.scalar_subquery()
-    if connection.dialect.name == "postgresql":
-        # Materialized, or PostgreSQL may re-run the LIMITed subquery per row and take every job.
-        locked = candidates.with_for_update(skip_locked=True).cte("candidates").prefix_with("MATERIALIZED")
-        chosen = select(locked.c.id)
+    statement = CLAIM_POSTGRESQL if connection.dialect.name == "postgresql" else CLAIM_SQLITE
     rows = connection.execute(
-        update(jobs)
-        .where(jobs.c.id.in_(chosen), jobs.c.status == QUEUED)
-        .values(
-            status=RUNNING,
-            worker=worker,
-            lease_expires=now + lease,
-            started_at=now,
-            attempts=jobs.c.attempts + 1,
-        )
-        .returning(*JOB_COLUMNS)
+        statement, {"worker": worker, "limit": limit, "now": now, "lease_expires": now + lease}
     ).all()
     return [Job.from_row(row) for row in rows]
 
@@ -236,17 +243,9 @@ def finish(
 ) -> bool:
     """Record a final state; False if the worker no longer owned the job (it was cancelled or lost)."""
     result = connection.execute(
-        update(jobs)
-        .where(_owned(job_id, worker))
-        .values(
-            status=status,
-            finished_at=now,
-            exit_code=exit_code,
-            log=log,
-            error=error,
-            lease_expires=None,
-            payload=None if status == SUCCEEDED else jobs.c.payload,
-        )
+        FINISH,
+        {"id": job_id, "worker": worker, "status": status, "now": now, "exit_code": exit_code, "log": log,
+         "error": error, "drop_payload": status == SUCCEEDED},
     )
     return result.rowcount == 1
 

@@ -44,18 +44,19 @@ class ProcessExecutor:
             argv = ["/bin/sh", "-c", LIMIT_WRAPPER, "limit", str(invocation.memory_bytes // 1024), *argv]
         log_path = invocation.workdir / LOG_FILE
         started = time.monotonic()
-        process = await asyncio.get_running_loop().run_in_executor(
-            self._threads, _spawn, argv, invocation, log_path
-        )
-        waiting = asyncio.get_running_loop().run_in_executor(
-            self._threads, _wait, process, invocation.timeout
+        spawned: list[subprocess.Popen[bytes]] = []  # filled by the thread, read on cancel
+        running = asyncio.get_running_loop().run_in_executor(
+            self._threads, _spawn_and_wait, argv, invocation, log_path, spawned
         )
         try:
-            exit_code, timed_out = await asyncio.shield(waiting)
+            exit_code, timed_out = await asyncio.shield(running)
         except BaseException:
-            _kill_group(process.pid)  # cancelled: the job was cancelled or the server is stopping
+            # Cancelled: the job was cancelled or the server is stopping. Kill, then let the
+            # thread reap the process.
+            if spawned:
+                _kill_group(spawned[0].pid)
             with contextlib.suppress(Exception):
-                await waiting
+                await running
             raise
         output = read_capped(log_path, invocation.log_limit)
         if timed_out:
@@ -68,9 +69,12 @@ class ProcessExecutor:
         )
 
 
-def _spawn(argv: list[str], invocation: Invocation, log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn_and_wait(
+    argv: list[str], invocation: Invocation, log_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> tuple[int, bool]:
+    """Start the process and wait for it, in one worker thread (one hop from the event loop)."""
     with log_path.open("wb") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             cwd=invocation.workdir,
             env=invocation.env,
@@ -79,12 +83,10 @@ def _spawn(argv: list[str], invocation: Invocation, log_path: Path) -> subproces
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a kill reaches the script's children
         )
-
-
-def _wait(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, bool]:
+    spawned.append(process)
     timed_out = False
     try:
-        process.wait(timeout)
+        process.wait(invocation.timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(process.pid)
