@@ -81,7 +81,17 @@ async def get_bucket(
     limit: int = Query(1000, ge=1, le=1000),
     _: Caller = Depends(require_admin),
 ) -> dict[str, Any]:
-    listing = await _platform(request).default_store().list_page(validate_bucket(bucket), prefix, page, limit)
+    listing = (
+        await _platform(request)
+        .default_store()
+        .list_page(
+            validate_bucket(bucket),
+            prefix,
+            page,
+            limit,
+            folders=True,  # as OSCAR shows a service's folders
+        )
+    )
     return {
         **_bucket_json(request, bucket),
         "objects": [object_json(o) for o in listing.objects],
@@ -189,9 +199,11 @@ async def list_objects(
     prefix: str = "",
     page: str | None = None,
     limit: int = Query(1000, ge=1, le=1000),
+    folders: bool = Query(False, description="also list empty folders, as `name/` entries"),
     _: Caller = Depends(require_admin),
 ) -> dict[str, Any]:
-    listing = await _platform(request).default_store().list_page(validate_bucket(bucket), prefix, page, limit)
+    store = _platform(request).default_store()
+    listing = await store.list_page(validate_bucket(bucket), prefix, page, limit, folders=folders)
     return {"objects": [object_json(o) for o in listing.objects], "next_page": listing.next_token}
 
 

@@ -11,6 +11,7 @@ from sluice.api.auth import Caller, check_service_token, require_admin
 from sluice.api.shapes import decode_cursor, encode_cursor, job_json, oscar_job
 from sluice.api.uploads import read_body
 from sluice.db.jobs import FAILED
+from sluice.errors import NotFound, Unauthorized
 
 router = APIRouter(tags=["jobs"])
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -24,7 +25,15 @@ async def submit_job(name: str, request: Request) -> JSONResponse:
     first id in the `X-Job-Id` header. A repeated event for the same object returns its existing job.
     """
     platform = request.app.state.platform
-    record = await platform.get_service(name)
+    try:
+        record = await platform.get_service(name)
+    except NotFound:
+        # Only an admin learns that a service does not exist; anyone else cannot probe names.
+        if request.app.state.credentials.basic(request.headers.get("authorization")) is None:
+            raise Unauthorized(
+                "a Bearer token (the service's token) or Basic credentials are required"
+            ) from None
+        raise
     check_service_token(request, record.token)
     body = await read_body(request, request.app.state.settings.max_body)
     accepted = await platform.submit(name, body)
@@ -45,12 +54,9 @@ async def oscar_list_jobs(
     limit: int = Query(100, ge=1, le=1000),
     _: Caller = Depends(require_admin),
 ) -> dict[str, Any]:
-    found, total = await request.app.state.platform.list_jobs(name, after=decode_cursor(page), limit=limit)
-    remaining = 0
-    next_page = ""
-    if found and len(found) == limit:
-        next_page = encode_cursor(found[-1])
-        remaining = max(0, total - limit)  # an estimate for later pages: jobs keep arriving
+    platform = request.app.state.platform
+    found, remaining = await platform.list_jobs(name, after=decode_cursor(page), limit=limit)
+    next_page = encode_cursor(found[-1]) if remaining else ""
     return {
         "jobs": {job.id: oscar_job(job) for job in found},
         "next_page": next_page,
@@ -88,13 +94,13 @@ async def list_jobs(
     limit: int = Query(100, ge=1, le=1000),
     _: Caller = Depends(require_admin),
 ) -> dict[str, Any]:
-    found, total = await request.app.state.platform.list_jobs(
+    found, remaining = await request.app.state.platform.list_jobs(
         name, status=status, after=decode_cursor(page), limit=limit
     )
     return {
         "jobs": [job_json(j) for j in found],
-        "total": total,
-        "next_page": encode_cursor(found[-1]) if len(found) == limit else None,
+        "remaining": remaining,
+        "next_page": encode_cursor(found[-1]) if remaining else None,
     }
 
 

@@ -15,9 +15,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
-from sluice.client.client import Client, split_target
-from sluice.errors import InvalidInput, NotFound, SluiceError, Unauthorized
+from sluice.client.client import Client, ServerError, split_target
+from sluice.errors import InvalidInput, SluiceError, StorageError
 from sluice.settings import ADMIN_PASSWORD_FILE
 from sluice.spec.fdl import parse_fdl
 from sluice.spec.service import ServiceSpec
@@ -27,8 +28,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-errors = Console(stderr=True)
+# markup off: object keys and messages may contain [brackets] that are data, not styles
+console = Console(markup=False, highlight=False)
+errors = Console(stderr=True, markup=False, highlight=False)
 
 Endpoint = Annotated[str, typer.Option(envvar="SLUICE_ENDPOINT", help="Server URL.")]
 User = Annotated[str, typer.Option(envvar="SLUICE_ADMIN_USER", help="User name (HTTP Basic).")]
@@ -51,8 +53,8 @@ def _client(endpoint: str, user: str, password: str | None) -> Client:
 
 
 def _fail(exc: SluiceError) -> None:
-    errors.print(f"[red]error:[/red] {exc.message}", highlight=False)
-    raise typer.Exit(2 if isinstance(exc, InvalidInput | NotFound | Unauthorized) else 1)
+    errors.print(Text.assemble(("error: ", "bold red"), exc.message))
+    raise typer.Exit(1 if isinstance(exc, ServerError | StorageError) or exc.status_code >= 500 else 2)
 
 
 @app.command()
@@ -116,13 +118,13 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if generated:
         console.print(
-            f"Admin user [bold]{settings.admin_user}[/bold], generated password "
-            f"[bold]{password}[/bold] (kept in {settings.data_dir / ADMIN_PASSWORD_FILE})"
+            f"Admin user {settings.admin_user}, generated password "
+            f"{password} (kept in {settings.data_dir / ADMIN_PASSWORD_FILE})"
         )
-    console.print(f"Sluice listening on [bold]{settings.base_url}[/bold], data in {settings.data_dir}")
+    console.print(f"Sluice listening on {settings.base_url}, data in {settings.data_dir}")
     for spec in specs:
         inputs = ", ".join(io.path for io in spec.input) or "none"
-        console.print(f"service [bold]{spec.name}[/bold]: drop files into {inputs}")
+        console.print(f"service {spec.name}: drop files into {inputs}")
     uvicorn.run(
         application,
         host=settings.host,
@@ -153,7 +155,7 @@ def apply(
     try:
         with _client(endpoint, user, password) as client:
             for name, outcome in client.apply(fdl):
-                console.print(f"service [bold]{name}[/bold] {outcome}")
+                console.print(f"service {name} {outcome}")
     except SluiceError as exc:
         _fail(exc)
 
@@ -192,7 +194,7 @@ def delete(
             client.delete_service(name, purge=purge)
     except SluiceError as exc:
         _fail(exc)
-    console.print(f"service [bold]{name}[/bold] deleted" + (" with its buckets" if purge else ""))
+    console.print(f"service {name} deleted" + (" with its buckets" if purge else ""))
 
 
 @app.command("put-file")
@@ -282,7 +284,7 @@ def ls(
                 return
             bucket, prefix = split_target(path)
             table = Table("key", "size", "last modified")
-            for obj in client.list_objects(bucket, prefix):
+            for obj in client.list_objects(bucket, prefix, folders=True):
                 table.add_row(obj["object_name"], str(obj["size_bytes"]), obj["last_modified"])
     except SluiceError as exc:
         _fail(exc)

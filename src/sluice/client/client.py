@@ -140,10 +140,13 @@ class Client:
         except httpx.TransportError as exc:
             raise SluiceError(f"cannot reach {self.endpoint}: {exc}") from None
 
-    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[dict[str, Any]]:
+    def list_objects(self, bucket: str, prefix: str = "", folders: bool = False) -> Iterator[dict[str, Any]]:
+        """Every object under `prefix` (all pages); `folders` adds empty folders as `name/` entries."""
         page: str | None = None
         while True:
-            params = {"prefix": prefix, **({"page": page} if page else {})}
+            params: dict[str, Any] = {"prefix": prefix, **({"page": page} if page else {})}
+            if folders:
+                params["folders"] = "true"
             data = self._request("GET", f"/v1/buckets/{bucket}/objects", params=params).json()
             yield from data["objects"]
             page = data.get("next_page")

@@ -244,8 +244,16 @@ def finish(
     """Record a final state; False if the worker no longer owned the job (it was cancelled or lost)."""
     result = connection.execute(
         FINISH,
-        {"id": job_id, "worker": worker, "status": status, "now": now, "exit_code": exit_code, "log": log,
-         "error": error, "drop_payload": status == SUCCEEDED},
+        {
+            "id": job_id,
+            "worker": worker,
+            "status": status,
+            "now": now,
+            "exit_code": exit_code,
+            "log": log,
+            "error": error,
+            "drop_payload": status == SUCCEEDED,
+        },
     )
     return result.rowcount == 1
 
@@ -316,16 +324,7 @@ def log_of(connection: Connection, job_id: str) -> tuple[str | None, bool]:
     return (row[0], True) if row else (None, False)
 
 
-def list_jobs(
-    connection: Connection,
-    service: str | None,
-    *,
-    status: str | None = None,
-    after: tuple[float, str] | None = None,
-    limit: int = 100,
-) -> list[Job]:
-    """Jobs newest first; `after` is the (created_at, id) of the last job of the previous page."""
-    query = select(*JOB_COLUMNS)
+def _page_filter(query: Any, service: str | None, status: str | None, after: tuple[float, str] | None) -> Any:
     if service is not None:
         query = query.where(jobs.c.service == service)
     if status is not None:
@@ -335,16 +334,31 @@ def list_jobs(
         query = query.where(
             or_(jobs.c.created_at < created, and_(jobs.c.created_at == created, jobs.c.id < last_id))
         )
+    return query
+
+
+def list_jobs(
+    connection: Connection,
+    service: str | None,
+    *,
+    status: str | None = None,
+    after: tuple[float, str] | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    """Jobs newest first; `after` is the (created_at, id) of the last job of the previous page."""
+    query = _page_filter(select(*JOB_COLUMNS), service, status, after)
     query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
     return [Job.from_row(row) for row in connection.execute(query)]
 
 
-def count_jobs(connection: Connection, service: str | None, status: str | None = None) -> int:
-    query = select(func.count()).select_from(jobs)
-    if service is not None:
-        query = query.where(jobs.c.service == service)
-    if status is not None:
-        query = query.where(jobs.c.status == status)
+def count_jobs(
+    connection: Connection,
+    service: str | None,
+    status: str | None = None,
+    after: tuple[float, str] | None = None,
+) -> int:
+    """How many jobs match; with `after`, how many come after that page position."""
+    query = _page_filter(select(func.count()).select_from(jobs), service, status, after)
     return connection.execute(query).scalar_one()
 
 

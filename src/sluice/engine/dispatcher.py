@@ -113,7 +113,9 @@ class Dispatcher:
             self._wakeup.clear()
             free = self._capacity - len(self._running)
             claimed: list[Job] = []
-            if free > 0:
+            # Claim in batches (half the capacity at least) while slots are busy anyway: fewer
+            # transactions per job; with nothing running, claim whatever is there at once.
+            if free >= max(1, self._capacity // 2) or (free > 0 and not self._running):
                 try:
                     claimed = await self.db.call_relaxed(
                         job_sql.claim, self.worker_id, free, time.time(), self.lease

@@ -125,16 +125,24 @@ class Platform:
         await self.db.call(remove)
         self.catalog.invalidate(name)
         if purge:
+            shared = {
+                split_path(io.path)[0]
+                for other in await self.catalog.all()
+                for io in (*other.spec.input, *other.spec.output)
+            }
             for io in (*record.spec.input, *record.spec.output):
                 bucket, _ = split_path(io.path)
+                if bucket in shared:
+                    log.warning("kept bucket %s of deleted service %s: other services use it", bucket, name)
+                    continue
                 provider = self.storage.for_io(record.spec, io)
                 with contextlib.suppress(SluiceError):  # gone already: input and output may share one
                     await provider.delete_bucket(bucket, force=True)
 
     async def _prepare_storage(self, spec: ServiceSpec) -> None:
         """Check every path's provider resolves, then create the buckets (and local folders)."""
-        for io in (*spec.input, *spec.output):
-            provider = self.storage.for_io(spec, io)
+        providers = [(io, self.storage.for_io(spec, io)) for io in (*spec.input, *spec.output)]
+        for io, provider in providers:
             bucket, folder = split_path(io.path)
             if not await provider.bucket_exists(bucket):
                 await provider.create_bucket(bucket)
@@ -208,7 +216,7 @@ class Platform:
         except ValueError:
             event = None
         objects = minio_records(event)
-        if objects:
+        if objects is not None:  # a storage event: run on the objects it created (none: deletions)
             return await self.announce_to(record, objects)
         new = NewJob(
             service=name,
@@ -223,6 +231,7 @@ class Platform:
     async def get_job(self, service: str, job_id: str) -> Job:
         job = await self.db.call(job_sql.get, job_id)
         if job is None or job.service != service:
+            await self.get_service(service)  # say which is missing: the service, or the job
             raise JobNotFound(job_id)
         return job
 
@@ -239,11 +248,15 @@ class Platform:
         after: tuple[float, str] | None = None,
         limit: int = 100,
     ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and how many jobs come after this page."""
         await self.get_service(service)
 
         def page(connection: Any) -> tuple[list[Job], int]:
             found = job_sql.list_jobs(connection, service, status=status, after=after, limit=limit)
-            return found, job_sql.count_jobs(connection, service, status)
+            if len(found) < limit:
+                return found, 0
+            last = (found[-1].created_at, found[-1].id)
+            return found, job_sql.count_jobs(connection, service, status, after=last)
 
         return await self.db.call(page)
 

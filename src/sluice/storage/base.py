@@ -65,8 +65,15 @@ class StorageProvider(Protocol):
     def list(self, bucket: str, prefix: str = "") -> AsyncIterator[ObjectInfo]: ...
 
     async def list_page(
-        self, bucket: str, prefix: str = "", token: str | None = None, limit: int = 1000
-    ) -> Page: ...
+        self,
+        bucket: str,
+        prefix: str = "",
+        token: str | None = None,
+        limit: int = 1000,
+        folders: bool = False,
+    ) -> Page:
+        """One page of objects; with `folders`, empty folders appear as `name/` entries of size 0."""
+        ...
 
     def presign(self, bucket: str, key: str, operation: Operation, expires_in: int) -> str | None:
         """A URL a client can use without credentials, or None if the platform must serve it."""

@@ -8,6 +8,8 @@ mtime), so listing never reads file contents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -166,7 +168,9 @@ class LocalStorage:
         except IsADirectoryError:
             await asyncio.to_thread(shutil.rmtree, path)
 
-    def _walk(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+    def _walk(self, bucket: str, prefix: str, empty_folders: bool = False) -> list[ObjectInfo]:
+        """Objects under `prefix`, sorted by key; with `empty_folders`, an empty folder is listed
+        as a `folder/` entry of size 0, as S3 consoles show folder markers."""
         base = self._existing_bucket(bucket)
         validate_prefix(prefix)
         # Only descend into the folder the prefix names, not the whole bucket.
@@ -176,6 +180,12 @@ class LocalStorage:
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, base)
+            if empty_folders and not dirnames and not filenames and rel_dir != ".":
+                marker = f"{rel_dir}/"
+                if marker.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        info = self._info(bucket, marker, os.stat(dirpath))
+                        found.append(dataclasses.replace(info, size=0))
             for filename in filenames:
                 key = filename if rel_dir == "." else f"{rel_dir}/{filename}"
                 if key.startswith(prefix):
@@ -191,9 +201,14 @@ class LocalStorage:
             yield info
 
     async def list_page(
-        self, bucket: str, prefix: str = "", token: str | None = None, limit: int = 1000
+        self,
+        bucket: str,
+        prefix: str = "",
+        token: str | None = None,
+        limit: int = 1000,
+        folders: bool = False,
     ) -> Page:
-        objects = await asyncio.to_thread(self._walk, bucket, prefix)
+        objects = await asyncio.to_thread(self._walk, bucket, prefix, folders)
         if token:
             objects = [o for o in objects if o.key > token]
         page = objects[:limit]

@@ -301,7 +301,12 @@ class S3Storage:
             token = page.next_token
 
     async def list_page(
-        self, bucket: str, prefix: str = "", token: str | None = None, limit: int = 1000
+        self,
+        bucket: str,
+        prefix: str = "",
+        token: str | None = None,
+        limit: int = 1000,
+        folders: bool = False,
     ) -> Page:
         validate_bucket(bucket)
         _validate_prefix(prefix)
@@ -312,7 +317,7 @@ class S3Storage:
             self._info(bucket, item["Key"], item)
             for item in response.get("Contents", [])
             # "folder/" placeholders made by consoles are not objects a Sluice key can name.
-            if not item["Key"].endswith("/")
+            if folders or not item["Key"].endswith("/")
         ]
         return Page(objects, _next_token(response, bucket, token))
 
