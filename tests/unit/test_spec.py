@@ -13,7 +13,8 @@ from sluice.errors import InvalidInput, SpecError
 from sluice.spec.fdl import parse_fdl, parse_service
 from sluice.spec.service import PASSIVE_FIELDS, ServiceSpec, StorageIO
 
-EXAMPLES_DIR = Path("/work/shared/reference/oscar/fdl-examples")
+# OSCAR's published FDL files, in the project's shared reference folder beside the repository.
+EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "oscar" / "fdl-examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 SCRIPT = "#!/bin/sh\necho hello > \"$TMP_OUTPUT_DIR/out.txt\"\n"
 
