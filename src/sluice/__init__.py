@@ -1,3 +1,38 @@
-"""Sluice: serverless AI inference and pipelines, wire-compatible with OSCAR."""
+"""Sluice: serverless AI inference and pipelines, wire-compatible with OSCAR.
+
+The public front door: the client, the service model and its parser, and the exceptions.
+Everything else is internal and may change.
+"""
+
+from sluice.client import Client, ServerError
+from sluice.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    SluiceError,
+    SpecError,
+    Unauthorized,
+)
+from sluice.spec import ServiceSpec, StorageIO, parse_fdl, parse_service
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Conflict",
+    "Forbidden",
+    "InvalidInput",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServerError",
+    "ServiceSpec",
+    "SluiceError",
+    "SpecError",
+    "StorageIO",
+    "Unauthorized",
+    "__version__",
+    "parse_fdl",
+    "parse_service",
+]

@@ -1,0 +1,25 @@
+"""The package's front door: growing or shrinking it is a visible change."""
+
+import sluice
+
+
+def test_exported_names_are_pinned() -> None:
+    assert sorted(sluice.__all__) == [
+        "Client",
+        "Conflict",
+        "Forbidden",
+        "InvalidInput",
+        "NotFound",
+        "PayloadTooLarge",
+        "ServerError",
+        "ServiceSpec",
+        "SluiceError",
+        "SpecError",
+        "StorageIO",
+        "Unauthorized",
+        "__version__",
+        "parse_fdl",
+        "parse_service",
+    ]
+    for name in sluice.__all__:
+        assert getattr(sluice, name) is not None
