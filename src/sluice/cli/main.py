@@ -5,11 +5,13 @@ Exit codes: 0 done, 1 the server or platform failed, 2 bad input (a file, a name
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -52,7 +54,17 @@ def _client(endpoint: str, user: str, password: str | None) -> Client:
     return Client(endpoint, (user, password))
 
 
-def _fail(exc: SluiceError) -> None:
+@contextlib.contextmanager
+def _session(endpoint: str, user: str, password: str | None) -> Iterator[Client]:
+    """A client for one command; any Sluice error ends the command with its message."""
+    try:
+        with _client(endpoint, user, password) as client:
+            yield client
+    except SluiceError as exc:
+        _fail(exc)
+
+
+def _fail(exc: SluiceError) -> NoReturn:
     errors.print(Text.assemble(("error: ", "bold red"), exc.message))
     raise typer.Exit(1 if isinstance(exc, ServerError | StorageError) or exc.status_code >= 500 else 2)
 
@@ -152,23 +164,16 @@ def apply(
     """Create or update the services of an FDL file (scripts are read relative to it)."""
     if not fdl.is_file():
         _fail(InvalidInput(f"no such file: {fdl}"))
-    try:
-        with _client(endpoint, user, password) as client:
-            for name, outcome in client.apply(fdl):
-                console.print(f"service {name} {outcome}")
-    except SluiceError as exc:
-        _fail(exc)
+    with _session(endpoint, user, password) as client:
+        for name, outcome in client.apply(fdl):
+            console.print(f"service {name} {outcome}")
 
 
 @app.command()
 def services(endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None) -> None:
     """List services."""
-    try:
-        with _client(endpoint, user, password) as client:
-            rows = client.services()
-    except SluiceError as exc:
-        _fail(exc)
-        return
+    with _session(endpoint, user, password) as client:
+        rows = client.services()
     table = Table("name", "image", "inputs", "outputs")
     for svc in rows:
         table.add_row(
@@ -189,11 +194,8 @@ def delete(
     password: Password = None,
 ) -> None:
     """Delete a service and its jobs; its buckets stay unless --purge."""
-    try:
-        with _client(endpoint, user, password) as client:
-            client.delete_service(name, purge=purge)
-    except SluiceError as exc:
-        _fail(exc)
+    with _session(endpoint, user, password) as client:
+        client.delete_service(name, purge=purge)
     console.print(f"service {name} deleted" + (" with its buckets" if purge else ""))
 
 
@@ -212,26 +214,23 @@ def put_file(
     total = sum(f.stat().st_size for f in files)
     show = len(files) > 1 or total > 8 * 1024**2
     jobs = 0
-    try:
-        with (
-            _client(endpoint, user, password) as client,
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} files"),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=errors,
-                disable=not show,
-            ) as progress,
-        ):
-            task = progress.add_task("uploading", total=len(files))
-            for path in files:
-                result = client.put_file(target, path)
-                jobs += len(result.get("jobs", []))
-                progress.advance(task)
-    except SluiceError as exc:
-        _fail(exc)
+    with (
+        _session(endpoint, user, password) as client,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} files"),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=errors,
+            disable=not show,
+        ) as progress,
+    ):
+        task = progress.add_task("uploading", total=len(files))
+        for path in files:
+            result = client.put_file(target, path)
+            jobs += len(result.get("jobs", []))
+            progress.advance(task)
     console.print(f"uploaded {len(files)} file(s) to {target}; {jobs} job(s) queued")
 
 
@@ -250,11 +249,8 @@ def get_file(
     if not key:
         _fail(InvalidInput("give bucket/key, e.g. digits/output/digit-0-0.json"))
     if dest == Path("-"):
-        try:
-            with _client(endpoint, user, password) as client:
-                client.copy_to(bucket, key, sys.stdout.buffer)
-        except SluiceError as exc:
-            _fail(exc)
+        with _session(endpoint, user, password) as client:
+            client.copy_to(bucket, key, sys.stdout.buffer)
         return
     target = dest or Path(Path(key).name)
     if target.is_dir():
@@ -276,19 +272,15 @@ def ls(
     password: Password = None,
 ) -> None:
     """List buckets, or the objects under bucket/prefix."""
-    try:
-        with _client(endpoint, user, password) as client:
-            if not path:
-                for bucket in client.buckets():
-                    console.print(bucket["bucket_name"])
-                return
-            bucket, prefix = split_target(path)
-            table = Table("key", "size", "last modified")
-            for obj in client.list_objects(bucket, prefix, folders=True):
-                table.add_row(obj["object_name"], str(obj["size_bytes"]), obj["last_modified"])
-    except SluiceError as exc:
-        _fail(exc)
-        return
+    with _session(endpoint, user, password) as client:
+        if not path:
+            for bucket in client.buckets():
+                console.print(bucket["bucket_name"])
+            return
+        bucket, prefix = split_target(path)
+        table = Table("key", "size", "last modified")
+        for obj in client.list_objects(bucket, prefix, folders=True):
+            table.add_row(obj["object_name"], str(obj["size_bytes"]), obj["last_modified"])
     console.print(table)
 
 
@@ -304,20 +296,17 @@ def jobs(
 ) -> None:
     """List a service's jobs, newest first."""
     table = Table("job", "status", "input", "attempts", "exit", "created", "error")
-    try:
-        with _client(endpoint, user, password) as client:
-            for job in client.jobs(service, status):
-                table.add_row(
-                    job["id"],
-                    job["status"],
-                    f"{job['bucket']}/{job['key']}" if job["key"] else "-",
-                    str(job["attempts"]),
-                    str(job["exit_code"] if job["exit_code"] is not None else "-"),
-                    job["created_at"],
-                    job["error"] or "",
-                )
-    except SluiceError as exc:
-        _fail(exc)
+    with _session(endpoint, user, password) as client:
+        for job in client.jobs(service, status):
+            table.add_row(
+                job["id"],
+                job["status"],
+                f"{job['bucket']}/{job['key']}" if job["key"] else "-",
+                str(job["attempts"]),
+                str(job["exit_code"] if job["exit_code"] is not None else "-"),
+                job["created_at"],
+                job["error"] or "",
+            )
     console.print(table)
 
 
@@ -330,11 +319,8 @@ def logs(
     password: Password = None,
 ) -> None:
     """Print a job's log (the script's stdout and stderr)."""
-    try:
-        with _client(endpoint, user, password) as client:
-            sys.stdout.write(client.log(service, job))
-    except SluiceError as exc:
-        _fail(exc)
+    with _session(endpoint, user, password) as client:
+        sys.stdout.write(client.log(service, job))
 
 
 @app.command()
@@ -346,12 +332,8 @@ def cancel(
     password: Password = None,
 ) -> None:
     """Cancel a queued or running job."""
-    try:
-        with _client(endpoint, user, password) as client:
-            result = client.cancel(service, job)
-    except SluiceError as exc:
-        _fail(exc)
-        return
+    with _session(endpoint, user, password) as client:
+        result = client.cancel(service, job)
     console.print(f"job {job}: {result['previous_status']} -> {result['status']}")
 
 
@@ -364,11 +346,8 @@ def requeue(
     password: Password = None,
 ) -> None:
     """Run a failed (dead-letter) or cancelled job again."""
-    try:
-        with _client(endpoint, user, password) as client:
-            client.requeue(service, job)
-    except SluiceError as exc:
-        _fail(exc)
+    with _session(endpoint, user, password) as client:
+        client.requeue(service, job)
     console.print(f"job {job} queued again")
 
 
@@ -383,21 +362,18 @@ def wait(
 ) -> None:
     """Wait until a service has `count` finished jobs (and none queued or running), with progress."""
     deadline = time.monotonic() + timeout
-    try:
-        with _client(endpoint, user, password) as client, Progress(console=errors) as progress:
-            task = progress.add_task(f"{service} jobs", total=count)
-            while True:
-                states = [j["status"] for j in client.jobs(service)]
-                finished = sum(s in ("succeeded", "failed", "cancelled") for s in states)
-                progress.update(task, completed=min(finished, count))
-                if finished >= count and not any(s in ("queued", "running") for s in states):
-                    break
-                if time.monotonic() > deadline:
-                    errors.print(f"timed out: {finished}/{count} finished")
-                    raise typer.Exit(1)
-                time.sleep(0.5)
-    except SluiceError as exc:
-        _fail(exc)
+    with _session(endpoint, user, password) as client, Progress(console=errors) as progress:
+        task = progress.add_task(f"{service} jobs", total=count)
+        while True:
+            states = [j["status"] for j in client.jobs(service)]
+            finished = sum(s in ("succeeded", "failed", "cancelled") for s in states)
+            progress.update(task, completed=min(finished, count))
+            if finished >= count and not any(s in ("queued", "running") for s in states):
+                break
+            if time.monotonic() > deadline:
+                errors.print(f"timed out: {finished}/{count} finished")
+                raise typer.Exit(1)
+            time.sleep(0.5)
     failed = sum(s == "failed" for s in states)
     console.print(f"{finished} finished, {failed} failed")
 
