@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, LargeBinary, and_, bindparam, delete, func, or_, select, text, update
 
 from sluice.db.schema import jobs, seen_objects
 
@@ -30,7 +29,6 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 # A job whose worker keeps dying (lease lost) is given up after this many claims beyond its retries.
 CRASH_ALLOWANCE = 5
-LEDGER_CHUNK = 500  # rows per multi-row insert: well under SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -104,6 +102,15 @@ CLAIM_POSTGRESQL = text(
     f"UPDATE jobs {_CLAIM_SET} WHERE status = 'queued' AND id IN (SELECT id FROM candidates) "
     f"RETURNING {_RETURNING}"
 )
+LEDGER_INSERT = text(
+    "INSERT INTO seen_objects (service, bucket, key, etag, job_id, created_at) "
+    "VALUES (:service, :bucket, :key, :etag, :job_id, :created_at) ON CONFLICT DO NOTHING"
+)
+JOB_INSERT = text(
+    "INSERT INTO jobs (id, service, status, bucket, key, etag, event, payload, attempts, failures, "
+    "max_retries, run_after, created_at) VALUES (:id, :service, 'queued', :bucket, :key, :etag, :event, "
+    ":payload, 0, 0, :max_retries, :now, :now)"
+).bindparams(bindparam("payload", type_=LargeBinary))
 FINISH = text(
     "UPDATE jobs SET status = :status, finished_at = :now, exit_code = :exit_code, log = :log, "
     "error = :error, lease_expires = NULL, "
@@ -112,16 +119,11 @@ FINISH = text(
 )
 
 
-def _insert(connection: Connection, table: Any) -> Any:
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
 def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[Accepted]:
     """Insert jobs in one transaction; an object version already seen returns its existing job id.
 
-    Statements are batched (one multi-row insert into the ledger, one executemany into jobs): per-row
-    statements cost more than the commit at thousands of events per second.
+    Both inserts are driver-level executemany of prepared statements: building statements row by
+    row cost more than the commit at thousands of events per second.
     """
     ids = [uuid.uuid4().hex for _ in new_jobs]
     first_of_version: dict[tuple[str, str, str, str], int] = {}
@@ -129,30 +131,26 @@ def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float)
         version = new.object_version
         if version is not None:
             first_of_version.setdefault((new.service, *version), index)
-    fresh: set[tuple[str, str, str, str]] = set()
     # A fixed order: two transactions inserting the same objects cannot deadlock on PostgreSQL.
     versions = sorted(first_of_version.items())
-    for start in range(0, len(versions), LEDGER_CHUNK):
-        chunk = versions[start : start + LEDGER_CHUNK]
-        rows = connection.execute(
-            _insert(connection, seen_objects)
-            .values(
-                [
-                    {
-                        "service": v[0],
-                        "bucket": v[1],
-                        "key": v[2],
-                        "etag": v[3],
-                        "job_id": ids[i],
-                        "created_at": now,
-                    }
-                    for v, i in chunk
-                ]
-            )
-            .on_conflict_do_nothing()
-            .returning(seen_objects.c.service, seen_objects.c.bucket, seen_objects.c.key, seen_objects.c.etag)
-        ).all()
-        fresh.update(tuple(row) for row in rows)
+    owner = {version: ids[index] for version, index in versions}
+    if versions:
+        inserted = connection.execute(
+            LEDGER_INSERT,
+            [
+                {
+                    "service": v[0],
+                    "bucket": v[1],
+                    "key": v[2],
+                    "etag": v[3],
+                    "job_id": ids[i],
+                    "created_at": now,
+                }
+                for v, i in versions
+            ],
+        ).rowcount
+        if inserted != len(versions):  # some were seen before: their ledger rows name other jobs
+            owner = {version: _ledger_job(connection, version) for version, _ in versions}
 
     results: list[Accepted] = []
     to_insert = []
@@ -160,31 +158,25 @@ def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float)
         version = new.object_version
         if version is not None:
             full = (new.service, *version)
-            first = first_of_version[full]
-            if full not in fresh:
-                results.append(Accepted(_ledger_job(connection, full), created=False))
-                continue
-            if first != index:  # the same object twice in one batch
-                results.append(Accepted(ids[first], created=False))
+            if owner[full] != ids[index]:  # seen before, or earlier in this same batch
+                results.append(Accepted(owner[full], created=False))
                 continue
         to_insert.append(
             {
                 "id": ids[index],
                 "service": new.service,
-                "status": QUEUED,
                 "bucket": new.bucket,
                 "key": new.key,
                 "etag": new.etag,
                 "event": json.dumps(new.event) if new.event is not None else None,
                 "payload": new.payload,
                 "max_retries": new.max_retries,
-                "run_after": now,
-                "created_at": now,
+                "now": now,
             }
         )
         results.append(Accepted(ids[index], created=True))
     if to_insert:
-        connection.execute(insert(jobs), to_insert)
+        connection.execute(JOB_INSERT, to_insert)
     return results
 
 

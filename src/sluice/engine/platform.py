@@ -31,7 +31,7 @@ from sluice.engine.reconciler import Reconciler
 from sluice.engine.retry import RetryStrategy
 from sluice.errors import Conflict, JobNotFound, ServiceNotFound, SluiceError
 from sluice.executors.base import Executor
-from sluice.runtime.invocation import event_for
+from sluice.runtime.invocation import EVENT_TIME_FORMAT, event_for
 from sluice.settings import Settings
 from sluice.spec.service import ServiceSpec
 from sluice.storage.base import ObjectInfo, StorageProvider
@@ -155,42 +155,42 @@ class Platform:
     def default_store(self) -> StorageProvider:
         return self.storage.default
 
-    async def services_watching(self, bucket: str, key: str) -> list[ServiceRecord]:
-        """Services with an input path on the default store that contains bucket/key."""
-        watching = []
+    async def _watch_table(self) -> list[tuple[str, str, ServiceRecord]]:
+        """(bucket, key prefix, service) for every input path on the default store."""
+        table = []
         for record in await self.catalog.all_cached():
             for io in record.spec.input:
-                io_bucket, folder = split_path(io.path)
-                if (
-                    io_bucket == bucket
-                    and (not folder or key.startswith(folder + "/"))
-                    and self.storage.is_default(record.spec, io)
-                ):
-                    watching.append(record)
-                    break
-        return watching
+                if self.storage.is_default(record.spec, io):
+                    bucket, folder = split_path(io.path)
+                    table.append((bucket, f"{folder}/" if folder else "", record))
+        return table
 
     async def announce(self, created: Sequence[ObjectCreated]) -> list[Accepted]:
         """Objects that appeared on the default store: one job per watching service, durably."""
+        table = await self._watch_table()
+        when = _event_time()
         new_jobs = []
-        now = datetime.now(UTC)
         for obj in created:
-            for record in await self.services_watching(obj.bucket, obj.key):
-                new_jobs.append(self._job_for_object(record, obj, now))
+            watching = {
+                record.spec.name: record
+                for bucket, prefix, record in table
+                if bucket == obj.bucket and obj.key.startswith(prefix)
+            }
+            new_jobs.extend(self._job_for_object(record, obj, when) for record in watching.values())
         return await self.acceptor.enqueue(new_jobs)
 
     async def announce_to(self, record: ServiceRecord, created: Sequence[ObjectCreated]) -> list[Accepted]:
-        now = datetime.now(UTC)
-        return await self.acceptor.enqueue([self._job_for_object(record, obj, now) for obj in created])
+        when = _event_time()
+        return await self.acceptor.enqueue([self._job_for_object(record, obj, when) for obj in created])
 
-    def _job_for_object(self, record: ServiceRecord, obj: ObjectCreated, now: datetime) -> NewJob:
+    def _job_for_object(self, record: ServiceRecord, obj: ObjectCreated, when: str) -> NewJob:
         return NewJob(
             service=record.spec.name,
             max_retries=record.spec.max_retries,
             bucket=obj.bucket,
             key=obj.key,
             etag=obj.etag,
-            event=event_for(obj.bucket, obj.key, obj.etag, obj.size, now),
+            event=event_for(obj.bucket, obj.key, obj.etag, obj.size, when),
         )
 
     async def store_upload(self, staged: Path, bucket: str, key: str) -> Upload:
@@ -309,3 +309,7 @@ class Platform:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+
+def _event_time() -> str:
+    return datetime.now(UTC).strftime(EVENT_TIME_FORMAT)

@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 from sluice.executors.base import Completed, Executor, Invocation
 from sluice.runtime.workspace import Workspace
@@ -43,6 +44,7 @@ INHERITED_ENV = (
     "OPENBLAS_L2_SIZE",
 )
 PAYLOAD_FILE = "event_file"
+EVENT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def _environment(
         TMP_OUTPUT_DIR=str(output_dir),
         STORAGE_OBJECT_KEY=f"{trigger.bucket}/{trigger.key}" if trigger.key else "",
         EVENT=trigger.event or "",
-        EVENT_TIME=event_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        EVENT_TIME=event_time.strftime(EVENT_TIME_FORMAT),
         JOB_UUID=trigger.job_id,
         OSCAR_SERVICE_NAME=spec.name,
         OSCAR_SERVICE_TOKEN=token,
@@ -195,10 +197,8 @@ async def _upload_outputs(spec: ServiceSpec, storage: StorageRouter, output_dir:
     return uploaded
 
 
-def event_for(bucket: str, key: str, etag: str | None, size: int | None, when: datetime) -> dict[str, object]:
-    """A MinIO-style S3 event, the shape OSCAR scripts read from $EVENT."""
-    from urllib.parse import quote
-
+def event_for(bucket: str, key: str, etag: str | None, size: int | None, when: str) -> dict[str, object]:
+    """A MinIO-style S3 event, the shape OSCAR scripts read from $EVENT (`when` in EVENT_TIME_FORMAT)."""
     return {
         "EventName": "s3:ObjectCreated:Put",
         "Key": f"{bucket}/{key}",
@@ -206,7 +206,7 @@ def event_for(bucket: str, key: str, etag: str | None, size: int | None, when: d
             {
                 "eventVersion": "2.0",
                 "eventSource": "minio:s3",
-                "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "eventTime": when,
                 "eventName": "s3:ObjectCreated:Put",
                 "s3": {
                     "bucket": {"name": bucket},
