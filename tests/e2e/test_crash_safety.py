@@ -3,6 +3,7 @@ every input gets exactly one output and no job is left running."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -72,3 +73,58 @@ def test_sigkill_mid_batch_then_restart_processes_every_file_once(tmp_path: Path
         p for p in (data / "buckets" / "crash").rglob("*") if p.is_file() and p.suffix not in (".txt", ".out")
     ]
     assert leftovers == []
+
+
+def _scripts_running_in(work: Path) -> list[int]:
+    """Pids of processes whose working directory is inside `work` (the server's workspaces)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if Path(os.readlink(proc / "cwd")).is_relative_to(work):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_scripts_left_running_by_a_killed_server_are_ended_at_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "slow.sh").write_text("sleep 60\n")
+    (tmp_path / "slow.yaml").write_text(
+        "functions:\n  oscar:\n  - local:\n      name: slow\n      image: busybox\n      script: slow.sh\n"
+        "      input: [{storage_provider: minio.default, path: slow/in}]\n"
+    )
+    server = ServerProcess(data, extra_args=("--reconcile-interval", "0")).start()
+    try:
+        assert server.cli("apply", str(tmp_path / "slow.yaml")).returncode == 0
+        (tmp_path / "one.txt").write_text("1")
+        with server.client() as client:
+            client.put_file("slow/in", tmp_path / "one.txt")
+        deadline = time.monotonic() + 30
+        while not _scripts_running_in(data / "work") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill()
+        orphans = _scripts_running_in(data / "work")
+        assert orphans, "the script should outlive the SIGKILLed server"
+    finally:
+        server.kill()
+    restarted = ServerProcess(data, port=server.port, extra_args=("--reconcile-interval", "0")).start()
+    try:
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in orphans) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in orphans if _alive(pid)]
+        with restarted.client() as client:  # the job itself runs again
+            assert [j["status"] for j in client.jobs("slow")] == ["running"]
+            client.delete_jobs("slow", everything=True)
+    finally:
+        restarted.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

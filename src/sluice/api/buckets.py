@@ -159,15 +159,22 @@ async def _download(request: Request, bucket: str, key: str) -> Response:
     validate_key(key)
     open_path = getattr(store, "open_path", None)
     if open_path is not None:
-        return FileResponse(open_path(bucket, key), filename=Path(key).name)
+        info = await store.stat(bucket, key)  # the ETag listings show, not one derived by Starlette
+        return FileResponse(open_path(bucket, key), filename=Path(key).name, headers=_etag(info.etag))
     handle, temp = tempfile.mkstemp(prefix="sluice-download-")
     os.close(handle)
     try:
-        await store.get(bucket, key, Path(temp))
+        info = await store.get(bucket, key, Path(temp))
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return FileResponse(temp, filename=Path(key).name, background=BackgroundTask(Path(temp).unlink))
+    return FileResponse(
+        temp, filename=Path(key).name, headers=_etag(info.etag), background=BackgroundTask(Path(temp).unlink)
+    )
+
+
+def _etag(etag: str) -> dict[str, str]:
+    return {"etag": f'"{etag}"'}
 
 
 @router.put("/v1/buckets/{bucket}/objects/{key:path}", status_code=201)

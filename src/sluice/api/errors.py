@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sluice.errors import SluiceError, Unauthorized
 
@@ -20,6 +21,11 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("%s: %s", type(exc).__name__, exc.message)
         headers = {"WWW-Authenticate": 'Basic realm="sluice"'} if isinstance(exc, Unauthorized) else None
         return PlainTextResponse(exc.message, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> PlainTextResponse:
+        # Unknown routes and wrong methods: plain text like every other error, not JSON.
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> PlainTextResponse:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -40,7 +41,7 @@ Password = Annotated[
     str | None,
     typer.Option(
         envvar="SLUICE_ADMIN_PASSWORD",
-        help="Password; default: the one `sluice serve` generated in ./.sluice/admin-password.",
+        help="Password; default: the one `sluice serve` generated in $SLUICE_DATA_DIR (./.sluice).",
     ),
 ]
 
@@ -48,8 +49,8 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
 def _client(endpoint: str, user: str, password: str | None) -> Client:
-    if password is None:
-        generated = Path(".sluice") / ADMIN_PASSWORD_FILE
+    if password is None:  # the one `sluice serve` generated, in its data dir
+        generated = Path(os.environ.get("SLUICE_DATA_DIR", ".sluice")) / ADMIN_PASSWORD_FILE
         password = generated.read_text().strip() if generated.exists() else ""
     return Client(endpoint, (user, password))
 
@@ -126,7 +127,9 @@ def serve(
         application = create_app(settings, executor, initial_services=specs)
     except SluiceError as exc:
         _fail(exc)
-        return
+    except ValidationError as exc:  # a setting out of range, from a flag or SLUICE_* variable
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        _fail(InvalidInput(f"invalid setting: {problems}"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if generated:
         console.print(

@@ -93,7 +93,7 @@ class Client:
 
     def apply_spec(self, spec: ServiceSpec) -> str:
         """Create the service, or update it if it exists. Returns 'created' or 'updated'."""
-        body = spec.model_dump(mode="json", exclude_none=True)
+        body = spec.model_dump(mode="json", exclude_unset=True, exclude_none=True)
         try:
             self._request("POST", "/system/services", json=body)
             return "created"

@@ -88,7 +88,7 @@ JOB_COLUMNS = [jobs.c[name] for name in Job.__dataclass_fields__]
 _RETURNING = ", ".join(Job.__dataclass_fields__)
 _CLAIM_SET = (
     "SET status = 'running', worker = :worker, lease_expires = :lease_expires, started_at = :now, "
-    "attempts = attempts + 1"
+    "attempts = attempts + 1, error = NULL"
 )
 CLAIM_SQLITE = text(
     f"UPDATE jobs {_CLAIM_SET} WHERE status = 'queued' AND id IN "

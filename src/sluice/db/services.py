@@ -62,5 +62,6 @@ def remove(connection: Connection, name: str) -> bool:
 
 
 def _definition(spec: ServiceSpec) -> str:
-    # token and owner live in their own columns; the definition is what the user wrote.
-    return spec.model_copy(update={"token": None, "owner": None}).model_dump_json(exclude_none=True)
+    # What the user wrote, not the defaults filled in: a default (say, memory) must stay
+    # distinguishable from a value given. token and owner live in their own columns.
+    return spec.model_dump_json(exclude_unset=True, exclude_none=True, exclude={"token", "owner"})

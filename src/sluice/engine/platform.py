@@ -103,6 +103,7 @@ class Platform:
         return await self.get_service(spec.name)
 
     async def update_service(self, spec: ServiceSpec) -> ServiceRecord:
+        spec = spec.keeping_secrets_of((await self.get_service(spec.name)).spec)
         await self._prepare_storage(spec)
         if not await self.db.call(service_sql.replace, spec, time.time()):
             raise ServiceNotFound(spec.name)
@@ -267,17 +268,21 @@ class Platform:
         await self.get_service(service)
         if everything:
             for job in (await self.list_jobs(service, status=job_sql.RUNNING, limit=10_000))[0]:
-                await self.cancel_job(service, job.id)
+                with contextlib.suppress(Conflict):  # it finished meanwhile
+                    await self.cancel_job(service, job.id)
         return await self.db.call(job_sql.delete_jobs, service, everything=everything)
 
     async def delete_job(self, service: str, job_id: str) -> None:
         job = await self.get_job(service, job_id)
         if job.status == job_sql.RUNNING:
-            await self.cancel_job(service, job_id)
+            with contextlib.suppress(Conflict):  # it finished meanwhile
+                await self.cancel_job(service, job_id)
         await self.db.call(job_sql.delete_job, job_id)
 
     async def cancel_job(self, service: str, job_id: str) -> str:
-        await self.get_job(service, job_id)
+        job = await self.get_job(service, job_id)
+        if job.status in job_sql.FINAL_STATES:
+            raise Conflict(f"job '{job_id}' is already {job.status}")
         previous = await self.db.call(job_sql.cancel, job_id, time.time())
         if previous == job_sql.RUNNING:
             self.dispatcher.cancel_local(job_id)  # elsewhere, that worker's heartbeat notices

@@ -43,7 +43,6 @@ INHERITED_ENV = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
 )
-PAYLOAD_FILE = "event_file"
 EVENT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -113,7 +112,7 @@ async def _stage_input(
         provider = _input_provider(trigger.bucket, spec, storage)
         await provider.get(trigger.bucket, trigger.key, dest)
         return dest
-    dest = input_dir / PAYLOAD_FILE
+    dest = input_dir / trigger.job_id  # unique, so outputs named after the input do not collide
     dest.write_bytes(decode_payload(trigger.payload or b""))
     return dest
 

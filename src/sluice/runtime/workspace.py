@@ -8,9 +8,11 @@ and only the files a job leaves are removed. Scripts are written once per conten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 
@@ -42,9 +44,29 @@ class Workspace:
                         os.unlink(entry.path)
 
 
+PID_FILE = "pid"  # the running script's process group, written by the executor
+
+
+def end_orphans(root: Path) -> int:
+    """Kill the scripts a killed server left running in its workspaces; returns how many.
+
+    A process is only killed if it still runs in that workspace (its cwd), so a recycled pid
+    belonging to something else is never touched.
+    """
+    ended = 0
+    for pid_file in root.glob(f"slot-*/{PID_FILE}"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            if os.readlink(f"/proc/{pid}/cwd") == str(pid_file.parent):
+                os.killpg(pid, signal.SIGKILL)
+                ended += 1
+    return ended
+
+
 class WorkspacePool:
     def __init__(self, root: Path) -> None:
         self.root = root
+        end_orphans(root)
         shutil.rmtree(root, ignore_errors=True)  # whatever a stopped server left is stale
         self._scripts = root / "scripts"
         self._scripts.mkdir(parents=True)

@@ -27,6 +27,8 @@ QUANTITY_FACTORS = {
     "m": 0.001,
 }
 DEFAULT_STORAGE_PROVIDER = "minio.default"
+MASK = "********"  # what the API shows for a secret
+SECRET_PROVIDER_KEYS = frozenset({"secret_key", "password", "token", "auth_password"})
 
 
 class _Strict(BaseModel):
@@ -143,7 +145,6 @@ PASSIVE_FIELDS = (
     "alpine",
     "annotations",
     "bucket_list",
-    "cluster_id",
     "clusters",
     "deployment",
     "enable_sgx",
@@ -291,6 +292,10 @@ class ServiceSpec(_Strict):
         inactive = [f for f in PASSIVE_FIELDS if getattr(self, f) not in (None, [], {}, False)]
         if self.enable_gpu:
             inactive.append("enable_gpu")
+        if self.visibility != "private" or self.allowed_users:
+            inactive.append("visibility")  # one admin for now: nothing to share with
+        if "synchronous" in self.model_fields_set:
+            inactive.append("synchronous")  # no /run yet
         return inactive
 
     def public_dict(self) -> dict[str, Any]:
@@ -298,5 +303,24 @@ class ServiceSpec(_Strict):
         data = self.model_dump(mode="json", exclude_none=True)
         secrets = data.get("environment", {}).get("secrets")
         if secrets:
-            data["environment"]["secrets"] = dict.fromkeys(secrets, "********")
+            data["environment"]["secrets"] = dict.fromkeys(secrets, MASK)
+        for providers in data.get("storage_providers", {}).values():
+            for config in providers.values():
+                for name in SECRET_PROVIDER_KEYS & config.keys():
+                    config[name] = MASK
         return data
+
+    def keeping_secrets_of(self, stored: ServiceSpec) -> ServiceSpec:
+        """This definition with every masked secret (sent back as read) replaced by the stored one."""
+        data = self.model_dump(exclude_unset=True, exclude_none=True)
+        secrets = data.get("environment", {}).get("secrets", {})
+        for name, value in secrets.items():
+            if value == MASK and name in stored.environment.secrets:
+                secrets[name] = stored.environment.secrets[name]
+        for kind, providers in data.get("storage_providers", {}).items():
+            for ident, config in providers.items():
+                old = stored.storage_providers.get(kind, {}).get(ident, {})
+                for name in SECRET_PROVIDER_KEYS & config.keys():
+                    if config[name] == MASK and name in old:
+                        config[name] = old[name]
+        return ServiceSpec.model_validate(data)

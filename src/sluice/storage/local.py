@@ -162,11 +162,14 @@ class LocalStorage:
     async def delete(self, bucket: str, key: str) -> None:
         path = self._object_path(bucket, key)
         try:
+            if path.is_dir():  # a folder is not an object: deleting "f" never removes "f/..."
+                if any(path.iterdir()):
+                    raise ObjectNotFound(bucket, key)
+                path.rmdir()  # an empty folder, as listed with `folders`
+                return
             path.unlink()
         except FileNotFoundError:
             raise ObjectNotFound(bucket, key) from None
-        except IsADirectoryError:
-            await asyncio.to_thread(shutil.rmtree, path)
 
     def _walk(self, bucket: str, prefix: str, empty_folders: bool = False) -> list[ObjectInfo]:
         """Objects under `prefix`, sorted by key; with `empty_folders`, an empty folder is listed
