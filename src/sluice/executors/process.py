@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sluice.executors.base import Capabilities, Completed, Invocation
-from sluice.runtime.workspace import PID_FILE
 
 # Applied through the shell so no pre-exec hook is needed (that would force a slow fork()).
 LIMIT_WRAPPER = 'ulimit -d "$1" || exit 125; shift; exec "$@"'
@@ -85,8 +84,6 @@ def _spawn_and_wait(
             start_new_session=True,  # its own process group: a kill reaches the script's children
         )
     spawned.append(process)
-    # So a restarted server can end what this one leaves running if it is killed (see WorkspacePool).
-    (invocation.workdir / PID_FILE).write_text(str(process.pid))
     timed_out = False
     try:
         process.wait(invocation.timeout)

@@ -44,22 +44,23 @@ class Workspace:
                         os.unlink(entry.path)
 
 
-PID_FILE = "pid"  # the running script's process group, written by the executor
-
-
 def end_orphans(root: Path) -> int:
     """Kill the scripts a killed server left running in its workspaces; returns how many.
 
-    A process is only killed if it still runs in that workspace (its cwd), so a recycled pid
-    belonging to something else is never touched.
+    They are found by working directory (a script starts in its workspace), so nothing outside
+    `root` is touched and no per-job bookkeeping is needed. Each one's process group goes.
     """
     ended = 0
-    for pid_file in root.glob(f"slot-*/{PID_FILE}"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
-            if os.readlink(f"/proc/{pid}/cwd") == str(pid_file.parent):
-                os.killpg(pid, signal.SIGKILL)
-                ended += 1
+    own_group = os.getpgid(0)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(proc / "cwd")).is_relative_to(root):
+                group = os.getpgid(int(proc.name))
+                if group != own_group:  # never this server, whatever its own working directory
+                    os.killpg(group, signal.SIGKILL)
+                    ended += 1
     return ended
 
 
