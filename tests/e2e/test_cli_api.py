@@ -654,3 +654,26 @@ def test_health_and_config(server: ServerProcess, http: httpx.Client) -> None:
         assert "config" in body
         assert set(body["minio_provider"]) >= {"endpoint", "verify", "access_key", "secret_key", "region"}
         assert httpx.get(f"{server.endpoint}{path}").status_code == 401
+
+
+def test_a_definition_read_from_the_api_can_be_put_back(http: httpx.Client, client: Client) -> None:
+    created = http.post(
+        "/system/services",
+        json={
+            "name": "roundtrip",
+            "image": "busybox",
+            "script": 'printf "%s" "$SECRET"\n',
+            "visibility": "public",
+            "environment": {"secrets": {"SECRET": "s3cr3t"}},
+        },
+    )
+    assert created.status_code == 201, created.text
+    read = http.get("/system/services/roundtrip").json()
+    assert read["environment"]["secrets"] == {"SECRET": "********"}
+    assert read["sluice_inactive_fields"] == ["visibility"]
+    put_back = http.put("/system/services", json=read)
+    assert put_back.status_code == 204, put_back.text
+    # The masked value sent back kept the real secret: the script still sees it.
+    job_id = client.submit("roundtrip", b"{}")["job_id"]
+    wait_for_jobs(client, "roundtrip", 1)
+    assert client.log("roundtrip", job_id) == "s3cr3t"

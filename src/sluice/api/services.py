@@ -23,6 +23,8 @@ async def _spec_from(request: Request) -> ServiceSpec:
         data = json.loads(body)
     except ValueError as exc:
         raise InvalidInput(f"the body must be a JSON service definition: {exc}") from None
+    if isinstance(data, dict):
+        data.pop("sluice_inactive_fields", None)  # ours, in what GET returns: a definition read back
     return parse_service(data)
 
 

@@ -93,7 +93,7 @@ async def invoke(
         env=env,
         workdir=workspace.root,
         timeout=spec.timeout or default_timeout,
-        memory_bytes=spec.memory_limit if "memory" in spec.model_fields_set else None,
+        memory_bytes=spec.memory_limit,  # OSCAR's default (256Mi) included, as OSCAR enforces it
         cpus=spec.cpu_cores,
         image=spec.image,
         log_limit=log_limit,
