@@ -2,7 +2,7 @@
 
 Memory: `memory` becomes RLIMIT_DATA (`ulimit -d`), which counts the heap and private anonymous memory
 but not shared libraries, so it tracks what a program really allocates. CPU: not limited per process
-(the dispatcher bounds how many jobs run at once). The container executor enforces both exactly.
+(the dispatcher bounds how many jobs run at once); running in containers is planned for that.
 
 Each process is started and awaited from a worker thread with `subprocess` (vfork + exec): on uvloop
 that is several times cheaper than asyncio's own subprocess support. Output goes to a file in the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -22,8 +23,6 @@ from pathlib import Path
 
 from sluice.executors.base import Capabilities, Completed, Invocation
 
-# Applied through the shell so no pre-exec hook is needed (that would force a slow fork()).
-LIMIT_WRAPPER = 'ulimit -d "$1" || exit 125; shift; exec "$@"'
 LOG_FILE = "output.log"
 
 
@@ -40,8 +39,6 @@ class ProcessExecutor:
 
     async def run(self, invocation: Invocation) -> Completed:
         argv = invocation.argv
-        if invocation.memory_bytes:
-            argv = ["/bin/sh", "-c", LIMIT_WRAPPER, "limit", str(invocation.memory_bytes // 1024), *argv]
         log_path = invocation.workdir / LOG_FILE
         started = time.monotonic()
         spawned: list[subprocess.Popen[bytes]] = []  # filled by the thread, read on cancel
@@ -84,6 +81,12 @@ def _spawn_and_wait(
             start_new_session=True,  # its own process group: a kill reaches the script's children
         )
     spawned.append(process)
+    if invocation.memory_bytes:
+        # Set on the running process: a pre-exec hook would force a slow fork() instead of vfork(),
+        # and a wrapper shell costs an exec. The limit is in place long before the script is read.
+        limit = invocation.memory_bytes
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(process.pid, resource.RLIMIT_DATA, (limit, limit))
     timed_out = False
     try:
         process.wait(invocation.timeout)
