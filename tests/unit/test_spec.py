@@ -343,12 +343,27 @@ def test_passive_field_stored_and_reported(field: str, value: object) -> None:
     assert spec.public_dict()[field] == value
 
 
-def test_cluster_id_from_fdl_is_reported(tmp_path: Path) -> None:
+def test_cluster_id_from_fdl_is_kept_but_not_reported_inactive(tmp_path: Path) -> None:
+    # Every FDL names a cluster: reporting it as "not acted on" on every service would be noise.
     (tmp_path / "s.sh").write_text("echo")
     (spec,) = parse_fdl(fdl("name: svc\nimage: a\nscript: s.sh"), tmp_path)
     assert spec.cluster_id == "my-cluster"
-    assert "cluster_id" in PASSIVE_FIELDS
-    assert spec.inactive_fields() == ["cluster_id"]
+    assert spec.inactive_fields() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "inactive"),
+    [
+        ({"visibility": "public"}, ["visibility"]),
+        ({"allowed_users": ["someone"]}, ["visibility"]),
+        ({"synchronous": {"min_scale": 1}}, ["synchronous"]),
+        ({"enable_gpu": True}, ["enable_gpu"]),
+        ({}, []),
+    ],
+)
+def test_fields_not_acted_on_are_reported(fields: dict[str, object], inactive: list[str]) -> None:
+    spec = parse_service({"name": "svc", "image": "a", "script": "s", **fields})
+    assert spec.inactive_fields() == inactive
 
 
 # --- storage paths -------------------------------------------------------------------------------
