@@ -304,10 +304,8 @@ class ServiceSpec(_Strict):
         secrets = data.get("environment", {}).get("secrets")
         if secrets:
             data["environment"]["secrets"] = dict.fromkeys(secrets, MASK)
-        for providers in data.get("storage_providers", {}).values():
-            for config in providers.values():
-                for name in SECRET_PROVIDER_KEYS & config.keys():
-                    config[name] = MASK
+        # Storage provider credentials stay readable to whoever may read the service, as in OSCAR:
+        # clients (oscar-python's Storage helper) read them from here to reach those stores.
         return data
 
     def keeping_secrets_of(self, stored: ServiceSpec) -> ServiceSpec:
