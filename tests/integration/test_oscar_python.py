@@ -78,7 +78,10 @@ def test_cluster_routes(oscar: OscarClient) -> None:
 def test_service_lifecycle_jobs_and_storage(oscar: OscarClient, tmp_path: Path) -> None:
     name = f"op-{uuid.uuid4().hex[:8]}"
     bucket = f"opb-{uuid.uuid4().hex[:10]}"
-    script = 'echo "$GREETING from $(basename "$INPUT_FILE_PATH")"\ntr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
+    script = (
+        'echo "$GREETING from $(basename "$INPUT_FILE_PATH")"\n'
+        'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/$(basename "$INPUT_FILE_PATH")"\n'
+    )
     fdl = write_fdl(tmp_path, name, bucket, script)
 
     assert oscar.create_service(str(fdl)).status_code == 201
