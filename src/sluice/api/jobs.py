@@ -140,7 +140,7 @@ async def requeue_job(
     return job_json(await request.app.state.platform.get_job(name, job_id))
 
 
-@router.post("/run/{name}", status_code=501)
+@router.post("/run/{name}", status_code=501, include_in_schema=False)
 async def run_sync(name: str) -> PlainTextResponse:
     """Synchronous invocation is not built yet; jobs (`/job/{name}`) are."""
     return PlainTextResponse(
