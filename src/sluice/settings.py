@@ -10,10 +10,19 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ADMIN_PASSWORD_FILE = "admin-password"
+
+
+class OidcIssuer(BaseModel):
+    """An OIDC provider whose tokens the API accepts."""
+
+    issuer: str
+    jwks_url: str
+    audience: str | None = None
+    groups_claim: str = "groups"
 
 
 class Settings(BaseSettings):
@@ -44,6 +53,10 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=2.0, ge=0)
     retry_max_delay: float = Field(default=300.0, ge=0)
     webhook_token: SecretStr | None = Field(default=None, description="bearer token storage webhooks send")
+    oidc_issuers: list[OidcIssuer] = Field(
+        default_factory=list,
+        description='issuers whose tokens are accepted, as JSON: [{"issuer", "jwks_url", "audience"}]',
+    )
 
     @field_validator("data_dir")
     @classmethod

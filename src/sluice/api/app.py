@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sluice import __version__
-from sluice.api import buckets, events, jobs, services, system
-from sluice.api.auth import Credentials
+from sluice.api import buckets, events, jobs, services, system, users
+from sluice.api.auth import Authenticator
 from sluice.api.errors import install_error_handlers
+from sluice.api.oidc import OidcVerifier
 from sluice.api.signing import UrlSigner, load_key
 from sluice.db.database import Database
+from sluice.engine.access import Caller
 from sluice.engine.platform import Platform
 from sluice.executors import load_executor
 from sluice.settings import Settings
@@ -38,7 +40,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await platform.start()
         for spec in initial_services:
-            _, created = await platform.apply_service(spec, owner=settings.admin_user)
+            _, created = await platform.apply_service(spec, owner=Caller(settings.admin_user, is_admin=True))
             log.info("service %s %s", spec.name, "created" if created else "updated")
         try:
             yield
@@ -54,10 +56,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.platform = platform
-    app.state.credentials = Credentials(settings.admin_user, password)
+    oidc = OidcVerifier(settings.oidc_issuers) if settings.oidc_issuers else None
+    app.state.auth = Authenticator(settings.admin_user, password, db, oidc)
     app.state.signer = UrlSigner(load_key(settings.data_dir), settings.base_url)
     install_error_handlers(app)
-    for module in (system, services, jobs, buckets, events):
+    for module in (system, services, jobs, buckets, events, users):
         app.include_router(module.router)
     app.include_router(system.fallback_router)
     return app

@@ -1,44 +1,60 @@
-"""Who is calling: HTTP Basic for the admin on /system/*, a service's token on /job and /run.
-
-Every secret comparison is constant-time.
+"""Who is calling. HTTP Basic: the admin (from settings) or a user the admin created; Bearer: an
+OIDC token from a configured issuer. `/job` and `/run` also take the service's own token (see
+`check_invocation`). Every secret comparison is constant-time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
-from dataclasses import dataclass
 
 from fastapi import Request
 
-from sluice.errors import Unauthorized
+from sluice.api.oidc import OidcVerifier
+from sluice.api.passwords import VerifiedCache
+from sluice.db import accounts
+from sluice.db.database import Database
+from sluice.db.services import ServiceRecord
+from sluice.engine.access import Caller, can_use_service
+from sluice.errors import Forbidden, Unauthorized
 
-ADMIN = "admin"
+CREDENTIALS_REQUIRED = "credentials required: HTTP Basic, or a Bearer token from a configured OIDC issuer"
 
 
-@dataclass(frozen=True)
-class Caller:
-    name: str
-    is_admin: bool
+class Authenticator:
+    def __init__(self, admin_user: str, admin_password: str, db: Database, oidc: OidcVerifier | None) -> None:
+        self.admin_user = admin_user
+        self._admin_password = admin_password
+        self._db = db
+        self._oidc = oidc
+        self._verified = VerifiedCache()
 
-
-@dataclass(frozen=True)
-class Credentials:
-    admin_user: str
-    admin_password: str
-
-    def basic(self, header: str | None) -> Caller | None:
-        if not header or not header.lower().startswith("basic "):
+    async def authenticate(self, header: str | None) -> Caller | None:
+        """The caller the Authorization header proves, None if there is none; Unauthorized if wrong."""
+        if not header:
             return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "basic":
+            return await self._basic(value.strip())
+        if scheme.lower() == "bearer":
+            if self._oidc is None:
+                raise Unauthorized("bearer tokens are not accepted here: no OIDC issuer is configured")
+            return await asyncio.to_thread(self._oidc.verify, value.strip())
+        raise Unauthorized(f"unsupported authorization scheme '{scheme}': use Basic or Bearer")
+
+    async def _basic(self, encoded: str) -> Caller:
         try:
-            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise Unauthorized("malformed Basic credentials") from None
         user_ok = hmac.compare_digest(user.encode(), self.admin_user.encode())
-        password_ok = hmac.compare_digest(password.encode(), self.admin_password.encode())
-        if user_ok and password_ok:
+        if hmac.compare_digest(password.encode(), self._admin_password.encode()) and user_ok:
             return Caller(user, is_admin=True)
+        stored = None if user_ok else await self._db.call(accounts.password_hash, user)
+        if stored is not None and await asyncio.to_thread(self._verified.verified, user, password, stored):
+            return Caller(user)
         raise Unauthorized("wrong user name or password")
 
 
@@ -48,23 +64,35 @@ def bearer(header: str | None) -> str | None:
     return None
 
 
-def require_admin(request: Request) -> Caller:
-    credentials: Credentials = request.app.state.credentials
-    caller = credentials.basic(request.headers.get("authorization"))
+async def require_user(request: Request) -> Caller:
+    """Any authenticated caller: the admin, a user, or an OIDC identity."""
+    caller = await request.app.state.auth.authenticate(request.headers.get("authorization"))
     if caller is None:
-        raise Unauthorized("credentials required: HTTP Basic with the admin user")
+        raise Unauthorized(CREDENTIALS_REQUIRED)
     return caller
 
 
-def check_service_token(request: Request, token: str) -> Caller:
-    """For /job and /run: the service's own token, or the admin's Basic credentials."""
+async def require_admin(request: Request) -> Caller:
+    caller = await require_user(request)
+    if not caller.is_admin:
+        raise Forbidden("only the admin may do this")
+    return caller
+
+
+async def check_invocation(request: Request, service: ServiceRecord) -> Caller:
+    """For /job and /run: the service's own token, or a caller allowed to use the service."""
     header = request.headers.get("authorization")
     given = bearer(header)
-    if given is not None:
-        if hmac.compare_digest(given.encode(), token.encode()):
-            return Caller("service-token", is_admin=False)
-        raise Unauthorized("invalid token for this service")
-    caller = request.app.state.credentials.basic(header)
+    if given is not None and hmac.compare_digest(given.encode(), service.token.encode()):
+        return Caller("service-token")
+    try:
+        caller = await request.app.state.auth.authenticate(header)
+    except Unauthorized:
+        if given is not None:
+            raise Unauthorized("invalid token for this service") from None
+        raise
     if caller is None:
-        raise Unauthorized("a Bearer token (the service's token) or Basic credentials are required")
+        raise Unauthorized("a Bearer token (the service's token) or credentials are required")
+    if not can_use_service(caller, service):
+        raise Forbidden(f"'{caller.name}' may not invoke service '{service.spec.name}'")
     return caller

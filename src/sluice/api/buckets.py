@@ -10,18 +10,20 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from sluice.api.auth import Caller, require_admin
+from sluice.api.auth import require_user
 from sluice.api.shapes import iso, object_json
 from sluice.api.uploads import spool_body
+from sluice.db.accounts import BucketRecord
+from sluice.engine.access import Caller, can_manage_bucket, can_use_bucket
 from sluice.engine.platform import Platform
-from sluice.errors import BucketNotFound, InvalidInput
+from sluice.errors import BucketNotFound, Forbidden, InvalidInput
 from sluice.storage.base import validate_bucket, validate_key
 
 router = APIRouter(tags=["buckets"])
@@ -30,6 +32,8 @@ router = APIRouter(tags=["buckets"])
 class BucketBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     bucket_name: str
+    visibility: Literal["private", "public", "restricted"] = "private"
+    allowed_users: list[str] = Field(default_factory=list)
 
 
 class PresignBody(BaseModel):
@@ -44,32 +48,67 @@ def _platform(request: Request) -> Platform:
     return request.app.state.platform
 
 
-def _bucket_json(request: Request, bucket: str) -> dict[str, Any]:
+async def usable_bucket(request: Request, caller: Caller, bucket: str) -> BucketRecord | None:
+    """The bucket's record if it exists and the caller may use it; to others it does not exist."""
+    platform = _platform(request)
+    record = await platform.bucket_record(validate_bucket(bucket))
+    if not can_use_bucket(caller, record) or not await platform.default_store().bucket_exists(bucket):
+        raise BucketNotFound(bucket)
+    return record
+
+
+async def _managed_bucket(request: Request, caller: Caller, bucket: str) -> BucketRecord | None:
+    record = await usable_bucket(request, caller, bucket)
+    if not can_manage_bucket(caller, record):
+        raise Forbidden(f"only the owner of bucket '{bucket}' or the admin may do this")
+    return record
+
+
+def _bucket_json(request: Request, bucket: str, record: BucketRecord | None) -> dict[str, Any]:
+    if record is None:  # made outside Sluice: the admin's
+        return {
+            "bucket_name": bucket,
+            "visibility": "private",
+            "allowed_users": [],
+            "owner": request.app.state.settings.admin_user,
+        }
     return {
         "bucket_name": bucket,
-        "visibility": "private",
-        "allowed_users": [],
-        "owner": request.app.state.settings.admin_user,
+        "visibility": record.visibility,
+        "allowed_users": list(record.allowed_users),
+        "owner": record.owner,
     }
 
 
 @router.get("/system/buckets")
-async def list_buckets(request: Request, _: Caller = Depends(require_admin)) -> list[dict[str, Any]]:
-    return [_bucket_json(request, b) for b in await _platform(request).default_store().list_buckets()]
+async def list_buckets(request: Request, caller: Caller = Depends(require_user)) -> list[dict[str, Any]]:
+    platform = _platform(request)
+    records = await platform.bucket_records()
+    return [
+        _bucket_json(request, name, records.get(name))
+        for name in await platform.default_store().list_buckets()
+        if can_use_bucket(caller, records.get(name))
+    ]
 
 
 @router.post("/system/buckets", status_code=201)
-async def create_bucket(body: BucketBody, request: Request, _: Caller = Depends(require_admin)) -> Response:
-    await _platform(request).default_store().create_bucket(validate_bucket(body.bucket_name))
+async def create_bucket(
+    body: BucketBody, request: Request, caller: Caller = Depends(require_user)
+) -> Response:
+    await _platform(request).create_bucket(
+        validate_bucket(body.bucket_name), caller, body.visibility, body.allowed_users
+    )
     return Response(status_code=201)
 
 
 @router.put("/system/buckets", status_code=204)
-async def update_bucket(body: BucketBody, request: Request, _: Caller = Depends(require_admin)) -> Response:
-    store = _platform(request).default_store()
-    if not await store.bucket_exists(validate_bucket(body.bucket_name)):
-        raise BucketNotFound(body.bucket_name)
-    return Response(status_code=204)  # visibility is single-user for now: nothing else to change
+async def update_bucket(
+    body: BucketBody, request: Request, caller: Caller = Depends(require_user)
+) -> Response:
+    """Change who may use a bucket (its visibility and allowed users)."""
+    await _managed_bucket(request, caller, body.bucket_name)
+    await _platform(request).set_bucket_visibility(body.bucket_name, body.visibility, body.allowed_users)
+    return Response(status_code=204)
 
 
 @router.get("/system/buckets/{bucket}")
@@ -79,21 +118,13 @@ async def get_bucket(
     page: str | None = None,
     prefix: str = "",
     limit: int = Query(1000, ge=1, le=1000),
-    _: Caller = Depends(require_admin),
+    caller: Caller = Depends(require_user),
 ) -> dict[str, Any]:
-    listing = (
-        await _platform(request)
-        .default_store()
-        .list_page(
-            validate_bucket(bucket),
-            prefix,
-            page,
-            limit,
-            folders=True,  # as OSCAR shows a service's folders
-        )
-    )
+    record = await usable_bucket(request, caller, bucket)
+    store = _platform(request).default_store()
+    listing = await store.list_page(bucket, prefix, page, limit, folders=True)  # OSCAR shows folders
     return {
-        **_bucket_json(request, bucket),
+        **_bucket_json(request, bucket, record),
         "objects": [object_json(o) for o in listing.objects],
         "next_page": listing.next_token or "",
         "is_truncated": listing.next_token is not None,
@@ -102,22 +133,21 @@ async def get_bucket(
 
 
 @router.delete("/system/buckets/{bucket}", status_code=204)
-async def delete_bucket(bucket: str, request: Request, _: Caller = Depends(require_admin)) -> Response:
-    await _platform(request).default_store().delete_bucket(validate_bucket(bucket), force=True)
+async def delete_bucket(bucket: str, request: Request, caller: Caller = Depends(require_user)) -> Response:
+    """Delete a bucket and every object in it."""
+    await _managed_bucket(request, caller, bucket)
+    await _platform(request).delete_bucket(bucket)
     return Response(status_code=204)
 
 
 @router.post("/system/buckets/{bucket}/presign")
 async def presign(
-    bucket: str, body: PresignBody, request: Request, _: Caller = Depends(require_admin)
+    bucket: str, body: PresignBody, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
-    validate_bucket(bucket)
+    await usable_bucket(request, caller, bucket)
     key = validate_key(body.object_key)
     expires_in = body.expires_in or body.expires or 3600
-    store = _platform(request).default_store()
-    if not await store.bucket_exists(bucket):
-        raise BucketNotFound(bucket)
-    url = store.presign(bucket, key, body.operation, expires_in)  # type: ignore[arg-type]
+    url = _platform(request).default_store().presign(bucket, key, body.operation, expires_in)  # type: ignore[arg-type]
     if url is None:
         url, _expires = request.app.state.signer.url(body.operation, bucket, key, expires_in)
     return {
@@ -179,23 +209,28 @@ def _etag(etag: str) -> dict[str, str]:
 
 @router.put("/v1/buckets/{bucket}/objects/{key:path}", status_code=201)
 async def put_object(
-    bucket: str, key: str, request: Request, _: Caller = Depends(require_admin)
+    bucket: str, key: str, request: Request, caller: Caller = Depends(require_user)
 ) -> JSONResponse:
     """Upload the raw body as `key`. If `key` is in a service's input path, its job is created
     before this answers (ids in `jobs` and the `X-Job-Id` header)."""
+    await usable_bucket(request, caller, bucket)
     return await _upload(request, bucket, key)
 
 
 @router.get("/v1/buckets/{bucket}/objects/{key:path}")
-async def get_object(bucket: str, key: str, request: Request, _: Caller = Depends(require_admin)) -> Response:
+async def get_object(
+    bucket: str, key: str, request: Request, caller: Caller = Depends(require_user)
+) -> Response:
+    await usable_bucket(request, caller, bucket)
     return await _download(request, bucket, key)
 
 
 @router.delete("/v1/buckets/{bucket}/objects/{key:path}", status_code=204)
 async def delete_object(
-    bucket: str, key: str, request: Request, _: Caller = Depends(require_admin)
+    bucket: str, key: str, request: Request, caller: Caller = Depends(require_user)
 ) -> Response:
-    await _platform(request).default_store().delete(validate_bucket(bucket), validate_key(key))
+    await usable_bucket(request, caller, bucket)
+    await _platform(request).default_store().delete(bucket, validate_key(key))
     return Response(status_code=204)
 
 
@@ -207,10 +242,11 @@ async def list_objects(
     page: str | None = None,
     limit: int = Query(1000, ge=1, le=1000),
     folders: bool = Query(False, description="also list empty folders, as `name/` entries"),
-    _: Caller = Depends(require_admin),
+    caller: Caller = Depends(require_user),
 ) -> dict[str, Any]:
+    await usable_bucket(request, caller, bucket)
     store = _platform(request).default_store()
-    listing = await store.list_page(validate_bucket(bucket), prefix, page, limit, folders=folders)
+    listing = await store.list_page(bucket, prefix, page, limit, folders=folders)
     return {"objects": [object_json(o) for o in listing.objects], "next_page": listing.next_token}
 
 

@@ -24,7 +24,7 @@ from sluice.storage.events import ObjectCreated, minio_records, seaweed_created
 router = APIRouter(tags=["events"])
 
 
-def _authorize(request: Request) -> None:
+async def _authorize(request: Request) -> None:
     token = bearer(request.headers.get("authorization"))
     expected = request.app.state.settings.webhook_token
     if token is not None and expected is not None:
@@ -33,7 +33,7 @@ def _authorize(request: Request) -> None:
         raise Unauthorized("invalid webhook token")
     if token is not None:
         raise Unauthorized("webhooks are off: set SLUICE_WEBHOOK_TOKEN on the server")
-    require_admin(request)
+    await require_admin(request)
 
 
 async def _json(request: Request) -> Any:
@@ -46,7 +46,7 @@ async def _json(request: Request) -> Any:
 
 @router.post("/v1/events/minio")
 async def minio_event(request: Request) -> dict[str, Any]:
-    _authorize(request)
+    await _authorize(request)
     created = minio_records(await _json(request))
     if created is None:
         raise InvalidInput("not a MinIO/S3 event: expected a JSON object with a 'Records' list")
@@ -56,7 +56,7 @@ async def minio_event(request: Request) -> dict[str, Any]:
 
 @router.post("/v1/events/seaweedfs")
 async def seaweedfs_event(request: Request) -> dict[str, Any]:
-    _authorize(request)
+    await _authorize(request)
     created = seaweed_created(await _json(request))
     if created is None:
         return {"jobs": []}  # deletions, directories, other paths: nothing to run

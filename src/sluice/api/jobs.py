@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from sluice.api.auth import Caller, check_service_token, require_admin
+from sluice.api.auth import check_invocation, require_user
+from sluice.api.services import managed_service
 from sluice.api.shapes import decode_cursor, encode_cursor, job_json, oscar_job
 from sluice.api.uploads import read_body
 from sluice.db.jobs import FAILED
+from sluice.engine.access import Caller, can_manage_service
 from sluice.errors import NotFound, Unauthorized
 
 router = APIRouter(tags=["jobs"])
@@ -28,13 +30,11 @@ async def submit_job(name: str, request: Request) -> JSONResponse:
     try:
         record = await platform.get_service(name)
     except NotFound:
-        # Only an admin learns that a service does not exist; anyone else cannot probe names.
-        if request.app.state.credentials.basic(request.headers.get("authorization")) is None:
-            raise Unauthorized(
-                "a Bearer token (the service's token) or Basic credentials are required"
-            ) from None
+        # Only a caller with valid credentials learns that a service does not exist.
+        if await request.app.state.auth.authenticate(request.headers.get("authorization")) is None:
+            raise Unauthorized("a Bearer token (the service's token) or credentials are required") from None
         raise
-    check_service_token(request, record.token)
+    await check_invocation(request, record)
     body = await read_body(request, request.app.state.settings.max_body)
     accepted = await platform.submit(name, body)
     ids = [a.job_id for a in accepted]
@@ -52,8 +52,9 @@ async def oscar_list_jobs(
     request: Request,
     page: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    _: Caller = Depends(require_admin),
+    caller: Caller = Depends(require_user),
 ) -> dict[str, Any]:
+    await managed_service(request.app.state.platform, caller, name)
     platform = request.app.state.platform
     found, remaining = await platform.list_jobs(name, after=decode_cursor(page), limit=limit)
     next_page = encode_cursor(found[-1]) if remaining else ""
@@ -65,22 +66,27 @@ async def oscar_list_jobs(
 
 
 @router.get("/system/logs/{name}/{job_id}", response_class=PlainTextResponse)
-async def oscar_job_log(name: str, job_id: str, request: Request, _: Caller = Depends(require_admin)) -> str:
+async def oscar_job_log(
+    name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
+) -> str:
+    await managed_service(request.app.state.platform, caller, name)
     return await request.app.state.platform.job_log(name, job_id)
 
 
 @router.delete("/system/logs/{name}", status_code=204)
 async def oscar_delete_jobs(
-    name: str, request: Request, all: bool = False, _: Caller = Depends(require_admin)
+    name: str, request: Request, all: bool = False, caller: Caller = Depends(require_user)
 ) -> Response:
+    await managed_service(request.app.state.platform, caller, name)
     await request.app.state.platform.delete_jobs(name, everything=all)
     return Response(status_code=204)
 
 
 @router.delete("/system/logs/{name}/{job_id}", status_code=204)
 async def oscar_delete_job(
-    name: str, job_id: str, request: Request, _: Caller = Depends(require_admin)
+    name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> Response:
+    await managed_service(request.app.state.platform, caller, name)
     await request.app.state.platform.delete_job(name, job_id)
     return Response(status_code=204)
 
@@ -92,8 +98,9 @@ async def list_jobs(
     status: str | None = Query(None, pattern="^(" + "|".join(STATUSES) + ")$"),
     page: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    _: Caller = Depends(require_admin),
+    caller: Caller = Depends(require_user),
 ) -> dict[str, Any]:
+    await managed_service(request.app.state.platform, caller, name)
     found, remaining = await request.app.state.platform.list_jobs(
         name, status=status, after=decode_cursor(page), limit=limit
     )
@@ -106,24 +113,32 @@ async def list_jobs(
 
 @router.get("/v1/jobs/failed")
 async def failed_jobs(
-    request: Request, limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require_admin)
+    request: Request, limit: int = Query(100, ge=1, le=1000), caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
-    """The dead-letter list: jobs that failed and have no retries left, every service."""
-    found = await request.app.state.platform.list_failed(limit)
+    """The dead-letter list: failed jobs with no retries left, of every service the caller manages."""
+    platform = request.app.state.platform
+    managed = (
+        None
+        if caller.is_admin
+        else [r.spec.name for r in await platform.list_services() if can_manage_service(caller, r)]
+    )
+    found = await platform.list_failed(limit, services=managed)
     return {"jobs": [job_json(j) for j in found], "status": FAILED}
 
 
 @router.get("/v1/services/{name}/jobs/{job_id}")
 async def get_job(
-    name: str, job_id: str, request: Request, _: Caller = Depends(require_admin)
+    name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
+    await managed_service(request.app.state.platform, caller, name)
     return job_json(await request.app.state.platform.get_job(name, job_id))
 
 
 @router.post("/v1/services/{name}/jobs/{job_id}/cancel")
 async def cancel_job(
-    name: str, job_id: str, request: Request, _: Caller = Depends(require_admin)
+    name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
+    await managed_service(request.app.state.platform, caller, name)
     previous = await request.app.state.platform.cancel_job(name, job_id)
     return {
         "id": job_id,
@@ -134,8 +149,9 @@ async def cancel_job(
 
 @router.post("/v1/services/{name}/jobs/{job_id}/requeue")
 async def requeue_job(
-    name: str, job_id: str, request: Request, _: Caller = Depends(require_admin)
+    name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
+    await managed_service(request.app.state.platform, caller, name)
     await request.app.state.platform.requeue_job(name, job_id)
     return job_json(await request.app.state.platform.get_job(name, job_id))
 

@@ -1,4 +1,8 @@
-"""/system/services: OSCAR's service CRUD (JSON bodies with the script inline)."""
+"""/system/services: OSCAR's service CRUD (JSON bodies with the script inline).
+
+A caller sees the services it owns and those shared with it; only the owner or the admin
+changes or deletes one.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from sluice.api.auth import Caller, require_admin
+from sluice.api.auth import require_user
 from sluice.api.shapes import service_json
 from sluice.api.uploads import read_body
-from sluice.errors import InvalidInput
+from sluice.db.services import ServiceRecord
+from sluice.engine.access import Caller, can_manage_service, can_use_service
+from sluice.engine.platform import Platform
+from sluice.errors import Forbidden, InvalidInput, ServiceNotFound
 from sluice.spec.fdl import parse_service
 from sluice.spec.service import ServiceSpec
 
@@ -28,34 +35,54 @@ async def _spec_from(request: Request) -> ServiceSpec:
     return parse_service(data)
 
 
+async def visible_service(platform: Platform, caller: Caller, name: str) -> ServiceRecord:
+    """The service if the caller may use it; otherwise it does not exist, as far as they know."""
+    record = await platform.get_service(name)
+    if not can_use_service(caller, record):
+        raise ServiceNotFound(name)
+    return record
+
+
+async def managed_service(platform: Platform, caller: Caller, name: str) -> ServiceRecord:
+    record = await visible_service(platform, caller, name)
+    if not can_manage_service(caller, record):
+        raise Forbidden(f"only the owner of service '{name}' or the admin may do this")
+    return record
+
+
 @router.get("/system/services")
-async def list_services(request: Request, _: Caller = Depends(require_admin)) -> list[dict[str, Any]]:
-    return [service_json(r) for r in await request.app.state.platform.list_services()]
+async def list_services(request: Request, caller: Caller = Depends(require_user)) -> list[dict[str, Any]]:
+    records = await request.app.state.platform.list_services()
+    return [service_json(r) for r in records if can_use_service(caller, r)]
 
 
 @router.post("/system/services", status_code=201)
-async def create_service(request: Request, caller: Caller = Depends(require_admin)) -> dict[str, Any]:
+async def create_service(request: Request, caller: Caller = Depends(require_user)) -> dict[str, Any]:
     spec = await _spec_from(request)
-    record = await request.app.state.platform.create_service(spec, owner=caller.name)
+    record = await request.app.state.platform.create_service(spec, owner=caller)
     return service_json(record)
 
 
 @router.put("/system/services", status_code=204)
-async def update_service(request: Request, _: Caller = Depends(require_admin)) -> Response:
+async def update_service(request: Request, caller: Caller = Depends(require_user)) -> Response:
     spec = await _spec_from(request)
-    await request.app.state.platform.update_service(spec)
+    platform = request.app.state.platform
+    await managed_service(platform, caller, spec.name)
+    await platform.update_service(spec, caller)
     return Response(status_code=204)
 
 
 @router.get("/system/services/{name}")
-async def get_service(name: str, request: Request, _: Caller = Depends(require_admin)) -> dict[str, Any]:
-    return service_json(await request.app.state.platform.get_service(name))
+async def get_service(name: str, request: Request, caller: Caller = Depends(require_user)) -> dict[str, Any]:
+    return service_json(await visible_service(request.app.state.platform, caller, name))
 
 
 @router.delete("/system/services/{name}", status_code=204)
 async def delete_service(
-    name: str, request: Request, purge: bool = False, _: Caller = Depends(require_admin)
+    name: str, request: Request, purge: bool = False, caller: Caller = Depends(require_user)
 ) -> Response:
     """Delete the service and its jobs. Its buckets and their files are kept unless `purge=true`."""
-    await request.app.state.platform.delete_service(name, purge=purge)
+    platform = request.app.state.platform
+    await managed_service(platform, caller, name)
+    await platform.delete_service(name, purge=purge)
     return Response(status_code=204)

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
 from sluice import __version__
-from sluice.api.auth import Caller, require_admin
+from sluice.api.auth import require_user
+from sluice.engine.access import Caller
 
 router = APIRouter()
 fallback_router = APIRouter()  # included last: it must not shadow real routes
@@ -23,7 +24,7 @@ async def health() -> str:
 
 
 @router.get("/system/info", tags=["system"])
-async def info(request: Request, _: Caller = Depends(require_admin)) -> dict[str, Any]:
+async def info(request: Request, _: Caller = Depends(require_user)) -> dict[str, Any]:
     return {
         "version": __version__,
         "git_commit": "",
@@ -36,15 +37,17 @@ async def info(request: Request, _: Caller = Depends(require_admin)) -> dict[str
 
 @router.get("/system/config", tags=["system"])
 @router.get("/system/config/", include_in_schema=False)
-async def config(request: Request, caller: Caller = Depends(require_admin)) -> dict[str, Any]:
+async def config(request: Request, caller: Caller = Depends(require_user)) -> dict[str, Any]:
     store = request.app.state.platform.default_store()
     provider = {"endpoint": "", "verify": True, "access_key": "", "secret_key": "", "region": "us-east-1"}
     if store.name == "s3":
+        # The store's keys open every bucket in it: only the admin gets them. Credentials scoped
+        # to one user need an S3 server with per-user identities (not configured yet).
         provider = {
             "endpoint": store.endpoint_url or "",
             "verify": store.verify,
-            "access_key": store.access_key,
-            "secret_key": store.secret_key,
+            "access_key": store.access_key if caller.is_admin else "",
+            "secret_key": store.secret_key if caller.is_admin else "",
             "region": store.region,
         }
     return {
@@ -62,7 +65,7 @@ async def config(request: Request, caller: Caller = Depends(require_admin)) -> d
 
 
 @router.get("/system/status", tags=["system"])
-async def status(request: Request, _: Caller = Depends(require_admin)) -> dict[str, Any]:
+async def status(request: Request, _: Caller = Depends(require_user)) -> dict[str, Any]:
     return await request.app.state.platform.status()
 
 
@@ -72,7 +75,7 @@ async def status(request: Request, _: Caller = Depends(require_admin)) -> dict[s
 @fallback_router.api_route(
     "/system/{feature}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False
 )
-async def not_yet(feature: str, _: Caller = Depends(require_admin), rest: str = "") -> PlainTextResponse:
+async def not_yet(feature: str, _: Caller = Depends(require_user), rest: str = "") -> PlainTextResponse:
     if feature in NOT_YET:
         return PlainTextResponse(f"OSCAR's /system/{feature} is not supported by Sluice yet", status_code=501)
     return PlainTextResponse(f"no route /system/{feature}", status_code=404)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -379,6 +380,74 @@ def wait(
             time.sleep(0.5)
     failed = sum(s == "failed" for s in states)
     console.print(f"{finished} finished, {failed} failed")
+
+
+users_app = typer.Typer(
+    help="Accounts for HTTP Basic (admin only). OIDC users need none.", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
+
+
+def _new_password(password: str | None, generate: bool) -> str:
+    if password:
+        return password
+    if generate:
+        created = secrets.token_urlsafe(15)
+        console.print(f"generated password: {created}")
+        return created
+    return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    new_password: Annotated[str | None, typer.Option("--new-password", help="The user's password.")] = None,
+    generate: Annotated[bool, typer.Option(help="Generate a password and print it.")] = False,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Create a user (asks for the password unless given or generated)."""
+    chosen = _new_password(new_password, generate)
+    with _session(endpoint, user, password) as client:
+        client.add_user(name, chosen)
+    console.print(f"user {name} created")
+
+
+@users_app.command("list")
+def users_list(
+    endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None
+) -> None:
+    """List users."""
+    with _session(endpoint, user, password) as client:
+        for name in client.users():
+            console.print(name)
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: str,
+    new_password: Annotated[str | None, typer.Option("--new-password", help="The new password.")] = None,
+    generate: Annotated[bool, typer.Option(help="Generate a password and print it.")] = False,
+    endpoint: Endpoint = DEFAULT_ENDPOINT,
+    user: User = "oscar",
+    password: Password = None,
+) -> None:
+    """Set a user's password."""
+    chosen = _new_password(new_password, generate)
+    with _session(endpoint, user, password) as client:
+        client.set_password(name, chosen)
+    console.print(f"password of {name} changed")
+
+
+@users_app.command("remove")
+def users_remove(
+    name: str, endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None
+) -> None:
+    """Remove a user; what they own stays, for the admin to manage."""
+    with _session(endpoint, user, password) as client:
+        client.remove_user(name)
+    console.print(f"user {name} removed")
 
 
 def main() -> None:

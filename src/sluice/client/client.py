@@ -196,5 +196,19 @@ class Client:
     def delete_jobs(self, service: str, everything: bool = False) -> None:
         self._request("DELETE", f"/system/logs/{service}", params={"all": "true"} if everything else None)
 
+    # users (admin)
+
+    def users(self) -> list[str]:
+        return self._request("GET", "/v1/users").json()["users"]
+
+    def add_user(self, name: str, password: str) -> None:
+        self._request("POST", "/v1/users", json={"name": name, "password": password})
+
+    def set_password(self, name: str, password: str) -> None:
+        self._request("PUT", f"/v1/users/{name}", json={"password": password})
+
+    def remove_user(self, name: str) -> None:
+        self._request("DELETE", f"/v1/users/{name}")
+
     def status(self) -> dict[str, Any]:
         return self._request("GET", "/system/status").json()

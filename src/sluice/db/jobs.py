@@ -316,9 +316,13 @@ def log_of(connection: Connection, job_id: str) -> tuple[str | None, bool]:
     return (row[0], True) if row else (None, False)
 
 
-def _page_filter(query: Any, service: str | None, status: str | None, after: tuple[float, str] | None) -> Any:
-    if service is not None:
+def _page_filter(
+    query: Any, service: str | Sequence[str] | None, status: str | None, after: tuple[float, str] | None
+) -> Any:
+    if isinstance(service, str):
         query = query.where(jobs.c.service == service)
+    elif service is not None:
+        query = query.where(jobs.c.service.in_(list(service)))
     if status is not None:
         query = query.where(jobs.c.status == status)
     if after is not None:
@@ -331,7 +335,7 @@ def _page_filter(query: Any, service: str | None, status: str | None, after: tup
 
 def list_jobs(
     connection: Connection,
-    service: str | None,
+    service: str | Sequence[str] | None,
     *,
     status: str | None = None,
     after: tuple[float, str] | None = None,

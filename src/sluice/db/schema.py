@@ -76,3 +76,22 @@ seen_objects = Table(
     Column("created_at", Float, nullable=False),
     PrimaryKeyConstraint("service", "bucket", "key", "etag"),
 )
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("password_hash", String(255), nullable=False),  # scrypt, salted (sluice.api.passwords)
+    Column("created_at", Float, nullable=False),
+)
+
+# Who owns a bucket on the platform's default store, and who else may use it (as in OSCAR).
+buckets = Table(
+    "buckets",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("visibility", String(16), nullable=False),  # private|public|restricted
+    Column("allowed_users", Text, nullable=False),  # JSON list of user names
+    Column("created_at", Float, nullable=False),
+)

@@ -19,17 +19,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sluice.db import accounts
 from sluice.db import jobs as job_sql
 from sluice.db import services as service_sql
+from sluice.db.accounts import BucketRecord
 from sluice.db.database import Database
 from sluice.db.jobs import Accepted, Job, NewJob
 from sluice.db.services import ServiceRecord
 from sluice.engine.acceptor import Acceptor
+from sluice.engine.access import Caller, can_manage_bucket, can_use_bucket
 from sluice.engine.catalog import ServiceCatalog
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.reconciler import Reconciler
 from sluice.engine.retry import RetryStrategy
-from sluice.errors import Conflict, JobNotFound, ServiceNotFound, SluiceError
+from sluice.errors import Conflict, Forbidden, JobNotFound, ServiceNotFound, SluiceError
 from sluice.executors.base import Executor
 from sluice.runtime.invocation import EVENT_TIME_FORMAT, event_for
 from sluice.settings import Settings
@@ -90,11 +93,13 @@ class Platform:
     async def list_services(self) -> list[ServiceRecord]:
         return await self.catalog.all()
 
-    async def create_service(self, spec: ServiceSpec, owner: str) -> ServiceRecord:
-        await self._prepare_storage(spec)
+    async def create_service(self, spec: ServiceSpec, owner: Caller) -> ServiceRecord:
+        if await self.db.call(service_sql.get, spec.name) is not None:
+            raise Conflict(f"service '{spec.name}' already exists; update it with PUT")
+        await self._prepare_storage(spec, owner)
         token = secrets.token_hex(32)
         try:
-            await self.db.call(service_sql.create, spec, token, owner, time.time())
+            await self.db.call(service_sql.create, spec, token, owner.name, time.time())
         except Exception as exc:
             if await self.db.call(service_sql.get, spec.name) is not None:
                 raise Conflict(f"service '{spec.name}' already exists; update it with PUT") from None
@@ -102,19 +107,19 @@ class Platform:
         self.catalog.invalidate(spec.name)
         return await self.get_service(spec.name)
 
-    async def update_service(self, spec: ServiceSpec) -> ServiceRecord:
+    async def update_service(self, spec: ServiceSpec, caller: Caller) -> ServiceRecord:
         spec = spec.keeping_secrets_of((await self.get_service(spec.name)).spec)
-        await self._prepare_storage(spec)
+        await self._prepare_storage(spec, caller)
         if not await self.db.call(service_sql.replace, spec, time.time()):
             raise ServiceNotFound(spec.name)
         self.catalog.invalidate(spec.name)
         return await self.get_service(spec.name)
 
-    async def apply_service(self, spec: ServiceSpec, owner: str) -> tuple[ServiceRecord, bool]:
+    async def apply_service(self, spec: ServiceSpec, owner: Caller) -> tuple[ServiceRecord, bool]:
         """Create the service, or update it if it exists; True when created."""
         if await self.db.call(service_sql.get, spec.name) is None:
             return await self.create_service(spec, owner), True
-        return await self.update_service(spec), False
+        return await self.update_service(spec, owner), False
 
     async def delete_service(self, name: str, purge: bool = False) -> None:
         record = await self.get_service(name)
@@ -139,17 +144,65 @@ class Platform:
                 provider = self.storage.for_io(record.spec, io)
                 with contextlib.suppress(SluiceError):  # gone already: input and output may share one
                     await provider.delete_bucket(bucket, force=True)
+                if provider is self.storage.default:
+                    await self.db.call(accounts.forget_bucket, bucket)
 
-    async def _prepare_storage(self, spec: ServiceSpec) -> None:
-        """Check every path's provider resolves, then create the buckets (and local folders)."""
+    async def _prepare_storage(self, spec: ServiceSpec, caller: Caller) -> None:
+        """Check every path's provider resolves and the caller may use every bucket on the
+        platform's store, then create the buckets (and local folders), owned by the caller."""
         providers = [(io, self.storage.for_io(spec, io)) for io in (*spec.input, *spec.output)]
         for io, provider in providers:
+            bucket, _ = split_path(io.path)
+            if (
+                provider is self.storage.default
+                and not can_use_bucket(caller, await self.bucket_record(bucket))
+                and await provider.bucket_exists(bucket)
+            ):
+                raise Forbidden(f"bucket '{bucket}' belongs to someone else")
+        for io, provider in providers:
             bucket, folder = split_path(io.path)
+            if provider is self.storage.default:
+                claim = BucketRecord(bucket, caller.name, spec.visibility, tuple(spec.allowed_users))
+                await self.db.call(accounts.claim_bucket, claim, time.time())
             if not await provider.bucket_exists(bucket):
                 await provider.create_bucket(bucket)
             make_folder = getattr(provider, "make_folder", None)
             if folder and make_folder is not None:
                 await make_folder(bucket, folder)
+
+    # buckets
+
+    async def bucket_record(self, bucket: str) -> BucketRecord | None:
+        return await self.db.call(accounts.get_bucket, bucket)
+
+    async def bucket_records(self) -> dict[str, BucketRecord]:
+        return {b.name: b for b in await self.db.call(accounts.all_buckets)}
+
+    async def create_bucket(
+        self, bucket: str, caller: Caller, visibility: str = "private", allowed: Sequence[str] = ()
+    ) -> None:
+        record = await self.bucket_record(bucket)
+        if record is not None and not can_manage_bucket(caller, record):
+            raise Conflict(f"bucket '{bucket}' already exists")
+        await self.db.call(
+            accounts.claim_bucket, BucketRecord(bucket, caller.name, visibility, tuple(allowed)), time.time()
+        )
+        await self.default_store().create_bucket(bucket)
+
+    async def set_bucket_visibility(self, bucket: str, visibility: str, allowed: Sequence[str]) -> None:
+        record = await self.bucket_record(bucket)
+        if record is None:  # made outside Sluice: the admin shares it, and so owns it from now on
+            await self.db.call(
+                accounts.claim_bucket,
+                BucketRecord(bucket, self.settings.admin_user, visibility, tuple(allowed)),
+                time.time(),
+            )
+        else:
+            await self.db.call(accounts.set_bucket_visibility, bucket, visibility, list(allowed))
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self.default_store().delete_bucket(bucket, force=True)
+        await self.db.call(accounts.forget_bucket, bucket)
 
     # objects and events
 
@@ -261,8 +314,11 @@ class Platform:
 
         return await self.db.call(page)
 
-    async def list_failed(self, limit: int = 100) -> list[Job]:
-        return await self.db.call(lambda c: job_sql.list_jobs(c, None, status=job_sql.FAILED, limit=limit))
+    async def list_failed(self, limit: int = 100, services: Sequence[str] | None = None) -> list[Job]:
+        """Failed jobs, newest first, of every service or of `services` only."""
+        return await self.db.call(
+            lambda c: job_sql.list_jobs(c, services, status=job_sql.FAILED, limit=limit)
+        )
 
     async def delete_jobs(self, service: str, everything: bool) -> int:
         await self.get_service(service)
