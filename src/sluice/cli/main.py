@@ -11,6 +11,7 @@ import secrets
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 from rich.table import Table
 from rich.text import Text
 
+from sluice.cli import clusters
 from sluice.client.client import Client, ServerError, split_target
 from sluice.errors import InvalidInput, SluiceError, StorageError
 from sluice.settings import ADMIN_PASSWORD_FILE
@@ -36,20 +38,54 @@ app = typer.Typer(
 console = Console(markup=False, highlight=False)
 errors = Console(stderr=True, markup=False, highlight=False)
 
-Endpoint = Annotated[str, typer.Option(envvar="SLUICE_ENDPOINT", help="Server URL.")]
-User = Annotated[str, typer.Option(envvar="SLUICE_ADMIN_USER", help="User name (HTTP Basic).")]
-Password = Annotated[
-    str | None,
-    typer.Option(
-        envvar="SLUICE_ADMIN_PASSWORD",
-        help="Password; default: the one `sluice serve` generated in $SLUICE_DATA_DIR (./.sluice).",
-    ),
-]
-
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+DEFAULT_USER = "oscar"
 
 
-def _client(endpoint: str, user: str, password: str | None) -> Client:
+@dataclass(frozen=True)
+class Connection:
+    """Where and as whom, from flags and SLUICE_* variables; gaps filled from a saved cluster."""
+
+    endpoint: str | None = None
+    cluster: str | None = None
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+
+@app.callback()
+def connection(
+    ctx: typer.Context,
+    endpoint: Annotated[str | None, typer.Option(envvar="SLUICE_ENDPOINT", help="Server URL.")] = None,
+    cluster: Annotated[
+        str | None, typer.Option(envvar="SLUICE_CLUSTER", help="A cluster saved by `sluice login`.")
+    ] = None,
+    user: Annotated[str | None, typer.Option(envvar="SLUICE_ADMIN_USER", help="User (HTTP Basic).")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SLUICE_ADMIN_PASSWORD",
+            help="Password; default: the one `sluice serve` generated in $SLUICE_DATA_DIR (./.sluice).",
+        ),
+    ] = None,
+    token: Annotated[str | None, typer.Option(envvar="SLUICE_TOKEN", help="An OIDC bearer token.")] = None,
+) -> None:
+    """Connection options come before the command: `sluice --cluster prod jobs digits`."""
+    ctx.obj = Connection(endpoint, cluster, user, password, token)
+
+
+def _client(options: Connection) -> Client:
+    saved, default = clusters.load()
+    name = options.cluster or default
+    if options.cluster and options.cluster not in saved:
+        raise InvalidInput(f"no saved cluster '{options.cluster}'; saved: {', '.join(saved) or 'none'}")
+    chosen = saved.get(name) if name and not options.endpoint else None
+    endpoint = options.endpoint or (chosen.endpoint if chosen else DEFAULT_ENDPOINT)
+    token = options.token or (chosen.token if chosen and not options.user else None)
+    if token:
+        return Client(endpoint, token=token)
+    user = options.user or (chosen.user if chosen and chosen.user else DEFAULT_USER)
+    password = options.password or (chosen.password if chosen else None)
     if password is None:  # the one `sluice serve` generated, in its data dir
         generated = Path(os.environ.get("SLUICE_DATA_DIR", ".sluice")) / ADMIN_PASSWORD_FILE
         password = generated.read_text().strip() if generated.exists() else ""
@@ -57,10 +93,11 @@ def _client(endpoint: str, user: str, password: str | None) -> Client:
 
 
 @contextlib.contextmanager
-def _session(endpoint: str, user: str, password: str | None) -> Iterator[Client]:
+def _session(ctx: typer.Context | Connection) -> Iterator[Client]:
     """A client for one command; any Sluice error ends the command with its message."""
+    options = ctx if isinstance(ctx, Connection) else ctx.obj or Connection()
     try:
-        with _client(endpoint, user, password) as client:
+        with _client(options) as client:
             yield client
     except SluiceError as exc:
         _fail(exc)
@@ -159,24 +196,19 @@ def _read_fdl(path: Path) -> list[ServiceSpec]:
 
 
 @app.command()
-def apply(
-    fdl: Annotated[Path, typer.Argument(help="An OSCAR FDL file (YAML).")],
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
-) -> None:
+def apply(ctx: typer.Context, fdl: Annotated[Path, typer.Argument(help="An OSCAR FDL file (YAML).")]) -> None:
     """Create or update the services of an FDL file (scripts are read relative to it)."""
     if not fdl.is_file():
         _fail(InvalidInput(f"no such file: {fdl}"))
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         for name, outcome in client.apply(fdl):
             console.print(f"service {name} {outcome}")
 
 
 @app.command()
-def services(endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None) -> None:
+def services(ctx: typer.Context) -> None:
     """List services."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         rows = client.services()
     table = Table("name", "image", "inputs", "outputs")
     for svc in rows:
@@ -191,25 +223,21 @@ def services(endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", passwo
 
 @app.command()
 def delete(
+    ctx: typer.Context,
     name: str,
     purge: Annotated[bool, typer.Option(help="Also delete its buckets and files.")] = False,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """Delete a service and its jobs; its buckets stay unless --purge."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         client.delete_service(name, purge=purge)
     console.print(f"service {name} deleted" + (" with its buckets" if purge else ""))
 
 
 @app.command("put-file")
 def put_file(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="bucket/folder to upload into.")],
     files: Annotated[list[Path], typer.Argument(help="Files to upload.")],
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """Upload files; each file in a service's input path becomes one job."""
     missing = [str(f) for f in files if not f.is_file()]
@@ -219,7 +247,7 @@ def put_file(
     show = len(files) > 1 or total > 8 * 1024**2
     jobs = 0
     with (
-        _session(endpoint, user, password) as client,
+        _session(ctx) as client,
         Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -240,27 +268,25 @@ def put_file(
 
 @app.command("get-file")
 def get_file(
+    ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="bucket/key to download.")],
     dest: Annotated[
         Path | None, typer.Argument(help="File, folder, or - for stdout; default: the key's name.")
     ] = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """Download one object."""
     bucket, key = split_target(source)
     if not key:
-        _fail(InvalidInput("give bucket/key, e.g. digits/output/digit-0-0.json"))
+        _fail(InvalidInput("give bucket/key, e.g. digits/output/digit-1579-0.json"))
     if dest == Path("-"):
-        with _session(endpoint, user, password) as client:
+        with _session(ctx) as client:
             client.copy_to(bucket, key, sys.stdout.buffer)
         return
     target = dest or Path(Path(key).name)
     if target.is_dir():
         target = target / Path(key).name
     try:
-        with _client(endpoint, user, password) as client:
+        with _client(ctx.obj or Connection()) as client:
             client.get_file(bucket, key, target)
     except SluiceError as exc:
         target.unlink(missing_ok=True)
@@ -270,13 +296,11 @@ def get_file(
 
 @app.command()
 def ls(
+    ctx: typer.Context,
     path: Annotated[str, typer.Argument(help="bucket or bucket/prefix; nothing lists buckets.")] = "",
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """List buckets, or the objects under bucket/prefix."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         if not path:
             for bucket in client.buckets():
                 console.print(bucket["bucket_name"])
@@ -290,17 +314,15 @@ def ls(
 
 @app.command()
 def jobs(
+    ctx: typer.Context,
     service: str,
     status: Annotated[
         str | None, typer.Option(help="queued, running, succeeded, failed (the dead letters) or cancelled.")
     ] = None,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """List a service's jobs, newest first."""
     table = Table("job", "status", "input", "attempts", "exit", "created", "error")
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         for job in client.jobs(service, status):
             table.add_row(
                 job["id"],
@@ -315,58 +337,38 @@ def jobs(
 
 
 @app.command()
-def logs(
-    service: str,
-    job: str,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
-) -> None:
+def logs(ctx: typer.Context, service: str, job: str) -> None:
     """Print a job's log (the script's stdout and stderr)."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         sys.stdout.write(client.log(service, job))
 
 
 @app.command()
-def cancel(
-    service: str,
-    job: str,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
-) -> None:
+def cancel(ctx: typer.Context, service: str, job: str) -> None:
     """Cancel a queued or running job."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         result = client.cancel(service, job)
     console.print(f"job {job}: {result['previous_status']} -> {result['status']}")
 
 
 @app.command()
-def requeue(
-    service: str,
-    job: str,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
-) -> None:
+def requeue(ctx: typer.Context, service: str, job: str) -> None:
     """Run a failed (dead-letter) or cancelled job again."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         client.requeue(service, job)
     console.print(f"job {job} queued again")
 
 
 @app.command()
 def wait(
+    ctx: typer.Context,
     service: str,
     count: Annotated[int, typer.Option(help="Wait until this many jobs finished.")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 300,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """Wait until a service has `count` finished jobs (and none queued or running), with progress."""
     deadline = time.monotonic() + timeout
-    with _session(endpoint, user, password) as client, Progress(console=errors) as progress:
+    with _session(ctx) as client, Progress(console=errors) as progress:
         task = progress.add_task(f"{service} jobs", total=count)
         while True:
             states = [j["status"] for j in client.jobs(service)]
@@ -380,6 +382,49 @@ def wait(
             time.sleep(0.5)
     failed = sum(s == "failed" for s in states)
     console.print(f"{finished} finished, {failed} failed")
+
+
+@app.command()
+def login(
+    ctx: typer.Context,
+    endpoint: Annotated[str, typer.Argument(help="The server's URL.")],
+    name: Annotated[str, typer.Option(help="A name for this cluster.")] = "default",
+    default: Annotated[bool, typer.Option("--default", help="Use it when no --cluster is given.")] = False,
+) -> None:
+    """Check credentials against a server and save them as a named cluster.
+
+    Credentials come from the connection options: `sluice --user alice --password ... login URL`,
+    or `sluice --token $TOKEN login URL` for an OIDC token.
+    """
+    options: Connection = ctx.obj or Connection()
+    user = options.user or DEFAULT_USER
+    if not options.token and options.password is None:
+        password = typer.prompt(f"password for {user}", hide_input=True)
+    else:
+        password = options.password
+    saved = clusters.Cluster(
+        endpoint.rstrip("/"),
+        None if options.token else user,
+        None if options.token else password,
+        options.token,
+    )
+    with _session(Connection(saved.endpoint, None, saved.user, saved.password, saved.token)) as client:
+        client.services()  # proves the credentials
+    path = clusters.save(name, saved, make_default=default)
+    console.print(
+        f"logged in to {saved.endpoint} as {user if not options.token else 'the token user'}; "
+        f"saved as '{name}' in {path}"
+    )
+
+
+@app.command()
+def logout(name: Annotated[str, typer.Argument(help="The saved cluster to forget.")] = "default") -> None:
+    """Forget a saved cluster and its credentials."""
+    try:
+        clusters.forget(name)
+    except SluiceError as exc:
+        _fail(exc)
+    console.print(f"forgot cluster '{name}'")
 
 
 users_app = typer.Typer(
@@ -400,52 +445,44 @@ def _new_password(password: str | None, generate: bool) -> str:
 
 @users_app.command("add")
 def users_add(
+    ctx: typer.Context,
     name: str,
     new_password: Annotated[str | None, typer.Option("--new-password", help="The user's password.")] = None,
     generate: Annotated[bool, typer.Option(help="Generate a password and print it.")] = False,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """Create a user (asks for the password unless given or generated)."""
     chosen = _new_password(new_password, generate)
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         client.add_user(name, chosen)
     console.print(f"user {name} created")
 
 
 @users_app.command("list")
-def users_list(
-    endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None
-) -> None:
+def users_list(ctx: typer.Context) -> None:
     """List users."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         for name in client.users():
             console.print(name)
 
 
 @users_app.command("passwd")
 def users_passwd(
+    ctx: typer.Context,
     name: str,
     new_password: Annotated[str | None, typer.Option("--new-password", help="The new password.")] = None,
     generate: Annotated[bool, typer.Option(help="Generate a password and print it.")] = False,
-    endpoint: Endpoint = DEFAULT_ENDPOINT,
-    user: User = "oscar",
-    password: Password = None,
 ) -> None:
     """Set a user's password."""
     chosen = _new_password(new_password, generate)
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         client.set_password(name, chosen)
     console.print(f"password of {name} changed")
 
 
 @users_app.command("remove")
-def users_remove(
-    name: str, endpoint: Endpoint = DEFAULT_ENDPOINT, user: User = "oscar", password: Password = None
-) -> None:
+def users_remove(ctx: typer.Context, name: str) -> None:
     """Remove a user; what they own stays, for the admin to manage."""
-    with _session(endpoint, user, password) as client:
+    with _session(ctx) as client:
         client.remove_user(name)
     console.print(f"user {name} removed")
 

@@ -62,9 +62,18 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 class Client:
-    def __init__(self, endpoint: str, auth: tuple[str, str] | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        auth: tuple[str, str] | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """`auth` is (user, password) for HTTP Basic; `token` an OIDC bearer token instead."""
         self.endpoint = endpoint.rstrip("/")
-        self._http = httpx.Client(base_url=self.endpoint, auth=auth, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.Client(base_url=self.endpoint, auth=auth, headers=headers, timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
