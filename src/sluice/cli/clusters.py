@@ -52,8 +52,19 @@ def load() -> tuple[dict[str, Cluster], str | None]:
 def save(name: str, cluster: Cluster, make_default: bool) -> Path:
     clusters, default = load()
     clusters[name] = cluster
-    if make_default or default is None:
-        default = name
+    return _write(clusters, name if make_default or default is None else default)
+
+
+def forget(name: str) -> None:
+    clusters, default = load()
+    if name not in clusters:
+        raise InvalidInput(f"no saved cluster '{name}'; saved: {', '.join(clusters) or 'none'}")
+    del clusters[name]
+    _write(clusters, default if default != name else next(iter(clusters), None))
+
+
+def _write(clusters: dict[str, Cluster], default: str | None) -> Path:
+    """Replace the file atomically, readable by its owner only: it holds credentials."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {
@@ -66,16 +77,3 @@ def save(name: str, cluster: Cluster, make_default: bool) -> Path:
         yaml.safe_dump(body, handle, sort_keys=False)
     os.replace(staging, path)
     return path
-
-
-def forget(name: str) -> None:
-    clusters, default = load()
-    if name not in clusters:
-        raise InvalidInput(f"no saved cluster '{name}'; saved: {', '.join(clusters) or 'none'}")
-    del clusters[name]
-    path = config_path()
-    body = {
-        "default": default if default != name else next(iter(clusters), None),
-        "clusters": {n: {k: v for k, v in asdict(c).items() if v is not None} for n, c in clusters.items()},
-    }
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
