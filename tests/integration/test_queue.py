@@ -63,9 +63,7 @@ def finish(db: Database, job_id: str, worker: str, status: str = q.SUCCEEDED, no
     return db.run_sync(q.finish, job_id, worker, status, now, exit_code=0, log=f"log by {worker}")
 
 
-def fail(
-    db: Database, job_id: str, worker: str, retry_at: float | None, now: float = NOW + 1
-) -> str | None:
+def fail(db: Database, job_id: str, worker: str, retry_at: float | None, now: float = NOW + 1) -> str | None:
     return db.run_sync(q.fail, job_id, worker, now, retry_at, exit_code=3, log="boom", error="exit 3")
 
 

@@ -16,7 +16,7 @@ from sluice.spec.service import PASSIVE_FIELDS, ServiceSpec, StorageIO
 # OSCAR's published FDL files, in the project's shared reference folder beside the repository.
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "reference" / "oscar" / "fdl-examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
-SCRIPT = "#!/bin/sh\necho hello > \"$TMP_OUTPUT_DIR/out.txt\"\n"
+SCRIPT = '#!/bin/sh\necho hello > "$TMP_OUTPUT_DIR/out.txt"\n'
 
 # Each published example and the services it defines (name, image, memory, cpu).
 EXPECTED_EXAMPLES = {
@@ -354,8 +354,7 @@ def test_cluster_id_from_fdl_is_kept_but_not_reported_inactive(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("fields", "inactive"),
     [
-        ({"visibility": "public"}, ["visibility"]),
-        ({"allowed_users": ["someone"]}, ["visibility"]),
+        ({"visibility": "public"}, []),  # enforced: not reported
         ({"synchronous": {"min_scale": 1}}, ["synchronous"]),
         ({"enable_gpu": True}, ["enable_gpu"]),
         ({}, []),

@@ -56,7 +56,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.platform = platform
-    oidc = OidcVerifier(settings.oidc_issuers) if settings.oidc_issuers else None
+    reserved = frozenset({settings.admin_user})
+    oidc = OidcVerifier(settings.oidc_issuers, reserved) if settings.oidc_issuers else None
     app.state.auth = Authenticator(settings.admin_user, password, db, oidc)
     app.state.signer = UrlSigner(load_key(settings.data_dir), settings.base_url)
     install_error_handlers(app)

@@ -20,10 +20,14 @@ EGI_GROUP = "urn:mace:egi.eu:group:"
 
 
 class OidcVerifier:
-    def __init__(self, issuers: list[OidcIssuer]) -> None:
+    def __init__(self, issuers: list[OidcIssuer], reserved: frozenset[str] = frozenset()) -> None:
+        """`reserved`: names no token may claim (the admin's), since names decide ownership."""
+        self._reserved = reserved
         self._issuers = {issuer.issuer: issuer for issuer in issuers}
-        # Keys are fetched once and cached; a token signed with an unknown key id refetches.
-        self._keys = {i.issuer: jwt.PyJWKClient(i.jwks_url, cache_keys=True, lifespan=300) for i in issuers}
+        # The key set is cached for 5 minutes, so a key the issuer withdraws stops working within
+        # that time (a per-key cache would keep it forever); an unknown key id triggers a refetch
+        # (PyJWKClient allows one every 30 s).
+        self._keys = {i.issuer: jwt.PyJWKClient(i.jwks_url, lifespan=300) for i in issuers}
 
     def verify(self, token: str) -> Caller:
         """Blocking (it may fetch the issuer's keys): call it from a worker thread."""
@@ -52,9 +56,10 @@ class OidcVerifier:
             raise Unauthorized(f"cannot check the token's signature: {exc}") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid bearer token: {exc}") from None
-        return Caller(
-            str(claims["sub"]), is_admin=False, groups=frozenset(groups(claims.get(issuer.groups_claim)))
-        )
+        subject = str(claims["sub"])
+        if subject in self._reserved:
+            raise Unauthorized(f"a token's subject may not be '{subject}', the admin's name")
+        return Caller(subject, is_admin=False, groups=frozenset(groups(claims.get(issuer.groups_claim))))
 
 
 def groups(value: Any) -> list[str]:

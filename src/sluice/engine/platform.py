@@ -96,7 +96,7 @@ class Platform:
     async def create_service(self, spec: ServiceSpec, owner: Caller) -> ServiceRecord:
         if await self.db.call(service_sql.get, spec.name) is not None:
             raise Conflict(f"service '{spec.name}' already exists; update it with PUT")
-        await self._prepare_storage(spec, owner)
+        await self._prepare_storage(spec, owner, owner.name)
         token = secrets.token_hex(32)
         try:
             await self.db.call(service_sql.create, spec, token, owner.name, time.time())
@@ -108,8 +108,9 @@ class Platform:
         return await self.get_service(spec.name)
 
     async def update_service(self, spec: ServiceSpec, caller: Caller) -> ServiceRecord:
-        spec = spec.keeping_secrets_of((await self.get_service(spec.name)).spec)
-        await self._prepare_storage(spec, caller)
+        stored = await self.get_service(spec.name)
+        spec = spec.keeping_secrets_of(stored.spec)
+        await self._prepare_storage(spec, caller, stored.owner)
         if not await self.db.call(service_sql.replace, spec, time.time()):
             raise ServiceNotFound(spec.name)
         self.catalog.invalidate(spec.name)
@@ -147,9 +148,10 @@ class Platform:
                 if provider is self.storage.default:
                     await self.db.call(accounts.forget_bucket, bucket)
 
-    async def _prepare_storage(self, spec: ServiceSpec, caller: Caller) -> None:
+    async def _prepare_storage(self, spec: ServiceSpec, caller: Caller, owner: str) -> None:
         """Check every path's provider resolves and the caller may use every bucket on the
-        platform's store, then create the buckets (and local folders), owned by the caller."""
+        platform's store, then create the buckets (and local folders) for the service's owner.
+        Buckets the owner holds follow the service's visibility, now and when it changes."""
         providers = [(io, self.storage.for_io(spec, io)) for io in (*spec.input, *spec.output)]
         for io, provider in providers:
             bucket, _ = split_path(io.path)
@@ -162,8 +164,12 @@ class Platform:
         for io, provider in providers:
             bucket, folder = split_path(io.path)
             if provider is self.storage.default:
-                claim = BucketRecord(bucket, caller.name, spec.visibility, tuple(spec.allowed_users))
-                await self.db.call(accounts.claim_bucket, claim, time.time())
+                wanted = BucketRecord(bucket, owner, spec.visibility, tuple(spec.allowed_users))
+                held = await self.db.call(accounts.claim_bucket, wanted, time.time())
+                if held.owner == owner and held != wanted:
+                    await self.db.call(
+                        accounts.set_bucket_visibility, bucket, spec.visibility, list(spec.allowed_users)
+                    )
             if not await provider.bucket_exists(bucket):
                 await provider.create_bucket(bucket)
             make_folder = getattr(provider, "make_folder", None)

@@ -292,8 +292,6 @@ class ServiceSpec(_Strict):
         inactive = [f for f in PASSIVE_FIELDS if getattr(self, f) not in (None, [], {}, False)]
         if self.enable_gpu:
             inactive.append("enable_gpu")
-        if self.visibility != "private" or self.allowed_users:
-            inactive.append("visibility")  # one admin for now: nothing to share with
         if "synchronous" in self.model_fields_set:
             inactive.append("synchronous")  # no /run yet
         return inactive
