@@ -663,14 +663,14 @@ def test_a_definition_read_from_the_api_can_be_put_back(http: httpx.Client, clie
             "name": "roundtrip",
             "image": "busybox",
             "script": 'printf "%s" "$SECRET"\n',
-            "visibility": "public",
+            "enable_gpu": True,
             "environment": {"secrets": {"SECRET": "s3cr3t"}},
         },
     )
     assert created.status_code == 201, created.text
     read = http.get("/system/services/roundtrip").json()
     assert read["environment"]["secrets"] == {"SECRET": "********"}
-    assert read["sluice_inactive_fields"] == ["visibility"]
+    assert read["sluice_inactive_fields"] == ["enable_gpu"]
     put_back = http.put("/system/services", json=read)
     assert put_back.status_code == 204, put_back.text
     # The masked value sent back kept the real secret: the script still sees it.
