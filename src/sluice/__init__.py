@@ -4,7 +4,7 @@ The public front door: the client, the service model and its parser, and the exc
 Everything else is internal and may change.
 """
 
-from sluice.client import Client, ServerError
+from sluice.client import AsyncClient, Client, ServerError
 from sluice.errors import (
     Conflict,
     Forbidden,
@@ -20,6 +20,7 @@ from sluice.spec import ServiceSpec, StorageIO, parse_fdl, parse_service
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "Conflict",
     "Forbidden",

@@ -5,6 +5,7 @@ import sluice
 
 def test_exported_names_are_pinned() -> None:
     assert sorted(sluice.__all__) == [
+        "AsyncClient",
         "Client",
         "Conflict",
         "Forbidden",

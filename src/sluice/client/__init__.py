@@ -1,5 +1,5 @@
-"""The Python client."""
+"""The Python clients."""
 
-from sluice.client.client import Client, ServerError
+from sluice.client.client import AsyncClient, Client, ServerError
 
-__all__ = ["Client", "ServerError"]
+__all__ = ["AsyncClient", "Client", "ServerError"]
