@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.pool import NullPool
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -102,9 +101,4 @@ class Database:
         self._relaxed.dispose()
 
 
-def temporary_engine(url: str) -> Engine:
-    """An engine without pooling, for one-off admin work (tests creating databases)."""
-    return create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-
-
-__all__ = ["Connection", "Database", "make_engine", "migrate", "temporary_engine"]
+__all__ = ["Connection", "Database", "make_engine", "migrate"]

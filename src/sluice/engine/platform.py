@@ -6,7 +6,6 @@ define services, put objects (which become jobs), and follow, cancel and requeue
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -366,16 +365,6 @@ class Platform:
             "slots": self.dispatcher.slots,
             "executor": self.executor.name,
         }
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """Until no job is queued or running (for tests and `sluice` scripts)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            counts = await self.db.call(job_sql.status_counts)
-            if not counts.get(job_sql.QUEUED) and not counts.get(job_sql.RUNNING):
-                return True
-            await asyncio.sleep(0.05)
-        return False
 
 
 def _event_time() -> str:
