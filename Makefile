@@ -22,10 +22,14 @@ run: $(STAMP)
 	@echo "  $(BIN)/sluice get-file digits/output/digit-1579-0.json - "
 	$(BIN)/sluice serve --port $(PORT) --apply examples/digits/digits.yaml
 
-# PostgreSQL server binaries for the throwaway test cluster (tests/pg.py).
+# PostgreSQL server binaries for the throwaway test cluster (tests/pg.py); podman, runc and a
+# static busybox for the container tests (tests/podman.py builds their image from it).
+SYSTEM_PACKAGES := postgresql podman runc busybox-static
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	  | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 test: system-deps $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,17 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1,
         ge=0,
         description="jobs run at once here; 0: accept and serve only, run no jobs",
+    )
+    executor: Literal["auto", "process", "container"] = Field(
+        default="auto",
+        description="how jobs run; auto: in containers when a container engine is set, else as processes",
+    )
+    container_engine: str | None = Field(default=None, description="podman or docker (name or path)")
+    container_engine_args: str = Field(
+        default="", description="global options for the engine, e.g. '--runtime /usr/sbin/runc'"
+    )
+    registry_auth_file: Path | None = Field(
+        default=None, description="registry credentials for pulls (podman's auth.json format)"
     )
     job_timeout: float = Field(default=3600.0, gt=0, description="default per-job timeout, seconds")
     log_limit: int = Field(default=256 * 1024, ge=1024, description="bytes of job log kept")

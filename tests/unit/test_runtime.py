@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from sluice.engine.retry import RetryStrategy
-from sluice.executors.process import ProcessExecutor
-from sluice.runtime.invocation import INHERITED_ENV, InvocationInput, InvocationResult, invoke
+from sluice.executors.process import INHERITED_ENV, ProcessExecutor
+from sluice.runtime.invocation import InvocationInput, InvocationResult, invoke
 from sluice.runtime.workspace import Workspace, WorkspacePool
 from sluice.spec.fdl import parse_service
 from sluice.spec.service import ServiceSpec

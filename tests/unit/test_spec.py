@@ -334,7 +334,6 @@ def test_oscar_v3_fields_are_accepted_and_listed_inactive() -> None:
         ("alpine", True),
         ("file_stage_in", True),
         ("total_memory", "4Gi"),
-        ("enable_gpu", True),
     ],
 )
 def test_passive_field_stored_and_reported(field: str, value: object) -> None:
@@ -356,7 +355,7 @@ def test_cluster_id_from_fdl_is_kept_but_not_reported_inactive(tmp_path: Path) -
     [
         ({"visibility": "public"}, []),  # enforced: not reported
         ({"synchronous": {"min_scale": 1}}, ["synchronous"]),
-        ({"enable_gpu": True}, ["enable_gpu"]),
+        ({"enable_gpu": True}, []),  # acted on by the container executor; the API reports per executor
         ({}, []),
     ],
 )
@@ -502,3 +501,28 @@ def test_service_own_storage_providers_win_over_shared(tmp_path: Path) -> None:
 @pytest.mark.parametrize("data", [[], "name: svc", None, 3])
 def test_service_must_be_a_mapping(data: object) -> None:
     assert "mapping" in spec_error(data).message
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("always", "always"),
+        ("IfNotPresent", "if-not-present"),
+        ("Never", "never"),
+        ("if-not-present", "if-not-present"),
+    ],
+)
+def test_image_pull_policy_takes_kubernetes_spellings(given: str, stored: str) -> None:
+    assert parse_service(base(image_pull_policy=given)).image_pull_policy == stored
+
+
+def test_an_unknown_pull_policy_names_the_choices() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_service(base(image_pull_policy="sometimes"))
+    assert "image_pull_policy" in str(caught.value)
+    assert "if-not-present" in str(caught.value)
+
+
+def test_network_is_on_unless_turned_off() -> None:
+    assert parse_service(base()).network is True
+    assert parse_service(base(network=False)).network is False

@@ -25,16 +25,14 @@ from sluice.storage.registry import StorageRouter, open_storage
 log = logging.getLogger("sluice")
 
 
-def create_app(
-    settings: Settings, executor_name: str = "process", initial_services: Sequence[ServiceSpec] = ()
-) -> FastAPI:
+def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ()) -> FastAPI:
     """Build the app. `initial_services` are created or updated once the platform has started."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     password, _ = settings.ensure_admin_password()
     db = Database(settings.database_url)
     db.migrate()
     storage = StorageRouter(open_storage(settings.storage, settings.data_dir))
-    platform = Platform(settings, db, storage, load_executor(executor_name))
+    platform = Platform(settings, db, storage, load_executor(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -31,7 +31,9 @@ async def _spec_from(request: Request) -> ServiceSpec:
     except ValueError as exc:
         raise InvalidInput(f"the body must be a JSON service definition: {exc}") from None
     if isinstance(data, dict):
-        data.pop("sluice_inactive_fields", None)  # ours, in what GET returns: a definition read back
+        # Ours, in what GET returns: a definition read back can be put back as it is.
+        data.pop("sluice_inactive_fields", None)
+        data.pop("sluice_executor", None)
     return parse_service(data)
 
 
@@ -52,15 +54,16 @@ async def managed_service(platform: Platform, caller: Caller, name: str) -> Serv
 
 @router.get("/system/services")
 async def list_services(request: Request, caller: Caller = Depends(require_user)) -> list[dict[str, Any]]:
-    records = await request.app.state.platform.list_services()
-    return [service_json(r) for r in records if can_use_service(caller, r)]
+    platform = request.app.state.platform
+    records = await platform.list_services()
+    return [service_json(r, platform.executor) for r in records if can_use_service(caller, r)]
 
 
 @router.post("/system/services", status_code=201)
 async def create_service(request: Request, caller: Caller = Depends(require_user)) -> dict[str, Any]:
     spec = await _spec_from(request)
     record = await request.app.state.platform.create_service(spec, owner=caller)
-    return service_json(record)
+    return service_json(record, request.app.state.platform.executor)
 
 
 @router.put("/system/services", status_code=204)
@@ -74,7 +77,8 @@ async def update_service(request: Request, caller: Caller = Depends(require_user
 
 @router.get("/system/services/{name}")
 async def get_service(name: str, request: Request, caller: Caller = Depends(require_user)) -> dict[str, Any]:
-    return service_json(await visible_service(request.app.state.platform, caller, name))
+    platform = request.app.state.platform
+    return service_json(await visible_service(platform, caller, name), platform.executor)
 
 
 @router.delete("/system/services/{name}", status_code=204)

@@ -10,6 +10,7 @@ from typing import Any
 from sluice.db.jobs import Job
 from sluice.db.services import ServiceRecord
 from sluice.errors import InvalidInput
+from sluice.executors.base import Executor
 from sluice.storage.base import ObjectInfo
 
 OSCAR_STATUS = {
@@ -27,11 +28,14 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-def service_json(record: ServiceRecord) -> dict[str, Any]:
+def service_json(record: ServiceRecord, executor: Executor) -> dict[str, Any]:
     data = record.spec.public_dict()
     data["token"] = record.token
     data["owner"] = record.owner
+    data["sluice_executor"] = executor.describe()
     inactive = record.spec.inactive_fields()
+    if record.spec.enable_gpu and not executor.capabilities.runs_images:
+        inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
     if inactive:
         data["sluice_inactive_fields"] = inactive
     return data

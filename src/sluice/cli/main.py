@@ -129,7 +129,18 @@ def serve(
             envvar="SLUICE_WORKERS", help="Jobs run at once; default: CPU count; 0: run none (API only)."
         ),
     ] = None,
-    executor: Annotated[str, typer.Option(help="How jobs run: process.")] = "process",
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SLUICE_EXECUTOR",
+            help="How jobs run: process (on the host), container (in the service's image), or auto "
+            "(container when --container-engine is set).",
+        ),
+    ] = None,
+    container_engine: Annotated[
+        str | None,
+        typer.Option(envvar="SLUICE_CONTAINER_ENGINE", help="podman or docker (a name on PATH or a path)."),
+    ] = None,
     reconcile_interval: Annotated[
         float | None,
         typer.Option(
@@ -157,12 +168,14 @@ def serve(
         "storage": storage,
         "workers": workers,
         "reconcile_interval": reconcile_interval,
+        "executor": executor,
+        "container_engine": container_engine,
     }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         password, generated = settings.ensure_admin_password()
         specs = [spec for path in apply or [] for spec in _read_fdl(path)]
-        application = create_app(settings, executor, initial_services=specs)
+        application = create_app(settings, initial_services=specs)
     except SluiceError as exc:
         _fail(exc)
     except ValidationError as exc:  # a setting out of range, from a flag or SLUICE_* variable

@@ -83,6 +83,8 @@ class Dispatcher:
         return True
 
     async def start(self) -> None:
+        if self.slots > 0:
+            await self.executor.start()  # e.g. removes containers a killed server left
         self.workspaces = WorkspacePool(self.work_root)
         self.recorder = Recorder(self.db)
         # A single-node (SQLite) server owns every job: what was running when it stopped died with it.
@@ -192,7 +194,12 @@ class Dispatcher:
                 )
             )
             return
-        reason = "timed out" if done.timed_out else f"script exited with code {done.exit_code}"
+        if done.error:
+            reason = done.error
+        elif done.timed_out:
+            reason = "timed out"
+        else:
+            reason = f"script exited with code {done.exit_code}"
         await self._record_failure(job, done.exit_code, done.output, reason)
 
     async def _record_failure(self, job: Job, exit_code: int | None, output: str, error: str) -> None:

@@ -1,24 +1,38 @@
-"""Executors run prepared invocations; chosen by short name, imported lazily."""
+"""Executors run prepared invocations: on the host (`process`) or in the service's image (`container`)."""
 
 from __future__ import annotations
 
-import difflib
-import importlib
+import hashlib
+import shlex
 
 from sluice.errors import InvalidInput
 from sluice.executors.base import Capabilities, Completed, Executor, Invocation
+from sluice.settings import Settings
 
-EXECUTORS = {"process": "sluice.executors.process:ProcessExecutor"}
 
+def load_executor(settings: Settings) -> Executor:
+    """The executor the settings ask for; `auto` picks containers when an engine is configured."""
+    kind = settings.executor
+    if kind == "auto":
+        kind = "container" if settings.container_engine else "process"
+    if kind == "process":
+        from sluice.executors.process import ProcessExecutor
 
-def load_executor(name: str) -> Executor:
-    target = EXECUTORS.get(name)
-    if target is None:
-        close = difflib.get_close_matches(name, EXECUTORS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise InvalidInput(f"No executor '{name}'.{hint} Known: {', '.join(EXECUTORS)}")
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)()
+        return ProcessExecutor()
+    from sluice.executors.container import ContainerExecutor
+
+    try:
+        engine_args = tuple(shlex.split(settings.container_engine_args))
+    except ValueError as exc:
+        raise InvalidInput(f"container_engine_args: {exc}") from None
+    # Containers are labelled with this server's data dir, so a restart finds its own strays only.
+    owner = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:16]
+    return ContainerExecutor(
+        settings.container_engine or "podman",
+        engine_args=engine_args,
+        owner=owner,
+        auth_file=settings.registry_auth_file,
+    )
 
 
 __all__ = ["Capabilities", "Completed", "Executor", "Invocation", "load_executor"]

@@ -26,6 +26,10 @@ class Invocation:
     cpus: float
     image: str = ""
     log_limit: int = 256 * 1024
+    read_only_paths: tuple[Path, ...] = ()  # host files the command reads outside its workdir
+    network: bool = True
+    gpu: bool = False
+    pull_policy: str = "if-not-present"  # always | if-not-present | never (executors that pull)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class Completed:
     output: str  # stdout and stderr interleaved, capped at the invocation's log_limit
     timed_out: bool = False
     duration: float = 0.0
+    # Why the executor could not run the command at all (an image that cannot be pulled, no GPU):
+    # a message for the job's error, instead of the script's exit code.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,4 +58,12 @@ class Executor(Protocol):
 
     async def run(self, invocation: Invocation) -> Completed:
         """Run to completion. Cancelling the awaiting task kills the invocation."""
+        ...
+
+    def describe(self) -> str:
+        """A short human-readable description, shown in each service's status."""
+        ...
+
+    async def start(self) -> None:
+        """Prepare before the first job (check the engine, clean up after a killed server)."""
         ...

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import resource
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +26,31 @@ from pathlib import Path
 from sluice.executors.base import Capabilities, Completed, Invocation
 
 LOG_FILE = "output.log"
+# Only these variables of the server's own environment reach a script: never the server's secrets.
+INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "TMPDIR",
+    "XDG_CACHE_HOME",
+    "SLUICE_DEMO_MODEL",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
+
+
+def host_environment() -> dict[str, str]:
+    """What a script on the host inherits: a few of the server's variables, and its interpreter first
+    on PATH, so scripts find the same `python` and packages as the server."""
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    interpreter_bin = str(Path(sys.executable).parent)
+    env["PATH"] = interpreter_bin + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
 
 
 class ProcessExecutor:
@@ -36,9 +63,18 @@ class ProcessExecutor:
 
     def __init__(self, max_threads: int = 256) -> None:
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluice-proc")
+        self._host_env = host_environment()
+
+    def describe(self) -> str:
+        return "process (on the host, the image is not used)"
+
+    async def start(self) -> None:
+        """Nothing to prepare: scripts a killed server left are ended by the workspace pool."""
 
     async def run(self, invocation: Invocation) -> Completed:
         argv = invocation.argv
+        # The service's variables and the contract's may override the inherited ones (PATH too).
+        invocation = dataclasses.replace(invocation, env={**self._host_env, **invocation.env})
         log_path = invocation.workdir / LOG_FILE
         started = time.monotonic()
         spawned: list[subprocess.Popen[bytes]] = []  # filled by the thread, read on cancel

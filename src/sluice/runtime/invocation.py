@@ -14,7 +14,6 @@ import binascii
 import contextlib
 import json
 import os
-import sys
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,22 +26,6 @@ from sluice.spec.service import ServiceSpec
 from sluice.storage.base import join_key
 from sluice.storage.registry import StorageRouter, split_path
 
-# Only these variables of the server's own environment reach a script: never the server's secrets.
-INHERITED_ENV = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "USER",
-    "LOGNAME",
-    "TMPDIR",
-    "XDG_CACHE_HOME",
-    "SLUICE_DEMO_MODEL",
-    "OPENBLAS_CORETYPE",
-    "OPENBLAS_L2_SIZE",
-)
 EVENT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -97,6 +80,10 @@ async def invoke(
         cpus=spec.cpu_cores,
         image=spec.image,
         log_limit=log_limit,
+        read_only_paths=(script,),
+        network=spec.network,
+        gpu=spec.enable_gpu,
+        pull_policy=spec.image_pull_policy,
     )
     async with gate or contextlib.nullcontext():
         completed = await executor.run(invocation)
@@ -151,11 +138,8 @@ def _environment(
     input_dir: Path,
     output_dir: Path,
 ) -> dict[str, str]:
-    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
-    # The interpreter running Sluice comes first, so scripts find the same `python` and packages.
-    interpreter_bin = str(Path(sys.executable).parent)
-    env["PATH"] = interpreter_bin + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(spec.environment.variables)
+    # What the script sees of the host's own environment (PATH, HOME) is the executor's to add.
+    env = dict(spec.environment.variables)
     env.update(spec.environment.secrets)
     event_time = trigger.event_time or datetime.now(UTC)
     env.update(

@@ -193,6 +193,10 @@ class ServiceSpec(_Strict):
     # Sluice extensions (not in OSCAR's FDL).
     timeout: float | None = Field(default=None, gt=0, description="seconds before a job is killed")
     max_retries: int = Field(default=0, ge=0, le=100, description="re-runs of a failed job")
+    network: bool = Field(default=True, description="false: the container runs with no network")
+    image_pull_policy: Literal["always", "if-not-present", "never"] = Field(
+        default="if-not-present", description="when the container executor pulls the image"
+    )
 
     # OSCAR fields accepted and stored, not acted on yet.
     alpine: bool | None = None
@@ -256,6 +260,14 @@ class ServiceSpec(_Strict):
             memory_bytes(value)
         return value
 
+    @field_validator("image_pull_policy", mode="before")
+    @classmethod
+    def _kubernetes_pull_policy(cls, value: Any) -> Any:
+        # Kubernetes spells them Always / IfNotPresent / Never: accept those too.
+        if isinstance(value, str):
+            return {"ifnotpresent": "if-not-present"}.get(value.lower(), value.lower())
+        return value
+
     @field_validator("input", "output", "allowed_users", mode="before")
     @classmethod
     def _null_is_empty(cls, value: Any) -> Any:
@@ -290,8 +302,6 @@ class ServiceSpec(_Strict):
     def inactive_fields(self) -> list[str]:
         """OSCAR fields set on this service that Sluice stores but does not act on yet."""
         inactive = [f for f in PASSIVE_FIELDS if getattr(self, f) not in (None, [], {}, False)]
-        if self.enable_gpu:
-            inactive.append("enable_gpu")
         if "synchronous" in self.model_fields_set:
             inactive.append("synchronous")  # no /run yet
         return inactive

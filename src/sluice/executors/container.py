@@ -1,0 +1,236 @@
+"""Run invocations inside the service's image with podman or docker, through the engine's CLI.
+
+One container per invocation, removed when it ends (`--rm`). The job's workspace and the script
+are bind-mounted at the same paths they have on the host, so the OSCAR environment the runtime
+contract builds (INPUT_FILE_PATH, TMP_OUTPUT_DIR, ...) is valid inside unchanged, and outputs
+land where the contract collects them.
+
+Limits: `memory` becomes `--memory` (swap off), `cpu` becomes `--cpus`, `timeout` removes the
+container, `enable_gpu` asks for the engine's GPU device where the host has one. Every container
+carries this server's label, so the ones a killed server left behind are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sluice.errors import ExecutorError
+from sluice.executors.base import Capabilities, Completed, Invocation
+from sluice.executors.process import LOG_FILE, read_capped
+
+log = logging.getLogger("sluice.containers")
+
+OWNER_LABEL = "io.sluice.owner"
+JOB_LABEL = "io.sluice.job"
+PULL_POLICIES = {"always": "always", "if-not-present": "missing", "never": "never"}
+# `podman run` / `docker run` exit with 125 when the engine itself failed (no image, bad option):
+# the script never ran.
+ENGINE_FAILED = 125
+CDI_FOLDERS = (Path("/etc/cdi"), Path("/var/run/cdi"))
+ENGINE_TIMEOUT = 60.0  # for housekeeping commands (version, ps, rm)
+
+
+class ContainerExecutor:
+    name = "container"
+
+    def __init__(
+        self,
+        engine: str = "podman",
+        *,
+        engine_args: tuple[str, ...] = (),
+        owner: str,
+        auth_file: Path | None = None,
+        max_threads: int = 256,
+    ) -> None:
+        """`engine`: podman or docker (a name on PATH or a path); `engine_args` go before `run`
+        (e.g. `--runtime /usr/sbin/runc`); `owner` labels this server's containers."""
+        if shutil.which(engine) is None:
+            raise ExecutorError(f"container engine '{engine}' was not found (install it or give its path)")
+        self.engine = engine
+        self.flavour = "docker" if Path(engine).name.startswith("docker") else "podman"
+        self._base = [engine, *engine_args]
+        self.owner = owner
+        self.auth_file = auth_file
+        self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluice-ctr")
+        self.capabilities = Capabilities(
+            runs_images=True, limits_memory=True, limits_cpu=True, gpus=self._host_has_gpus()
+        )
+
+    def describe(self) -> str:
+        return f"container ({Path(self.engine).name})"
+
+    async def start(self) -> None:
+        """Check the engine answers, then remove containers a previous run of this server left."""
+        version = await self._housekeeping("version", "--format", "{{.Client.Version}}")
+        if version.returncode != 0:
+            raise ExecutorError(f"container engine '{self.engine}' does not work: {_last_line(version)}")
+        removed = await self.remove_strays()
+        if removed:
+            log.warning("removed %d containers left by a previous run", removed)
+
+    async def remove_strays(self) -> int:
+        listed = await self._housekeeping("ps", "-aq", "--filter", f"label={OWNER_LABEL}={self.owner}")
+        ids = listed.stdout.split()
+        if ids:
+            await self._housekeeping("rm", "-f", *ids)
+        return len(ids)
+
+    async def run(self, invocation: Invocation) -> Completed:
+        started = time.monotonic()
+        if invocation.gpu and not self.capabilities.gpus:
+            return Completed(
+                exit_code=None,
+                output="",
+                error=f"enable_gpu is set but {self.flavour} reports no GPU on this host",
+            )
+        multiline = sorted(name for name, value in invocation.env.items() if "\n" in value or "\r" in value)
+        if multiline:
+            return Completed(
+                exit_code=None,
+                output="",
+                error=f"environment values with line breaks cannot reach a container: {', '.join(multiline)}",
+            )
+        name = f"sluice-{uuid.uuid4().hex[:16]}"
+        env_file = _write_env_file(invocation.env)
+        log_path = invocation.workdir / LOG_FILE
+        argv = self.run_argv(invocation, name, env_file)
+        spawned: list[subprocess.Popen[bytes]] = []  # filled by the thread
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(
+            self._threads, _run_and_wait, argv, log_path, invocation.timeout, spawned
+        )
+        try:
+            exit_code, timed_out = await asyncio.shield(running)
+            if timed_out:
+                await self._housekeeping("rm", "-f", "-t", "0", name)
+                await loop.run_in_executor(self._threads, _reap, spawned[0])
+        except BaseException:
+            # Cancelled (the job was cancelled, the server is stopping): the container goes, not
+            # only the engine's client process, which then ends by itself.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._housekeeping("rm", "-f", "-t", "0", name))
+            with contextlib.suppress(Exception):
+                await running
+            raise
+        finally:
+            os.unlink(env_file)
+        output = read_capped(log_path, invocation.log_limit)
+        error = None
+        if timed_out:
+            output += f"\n[sluice] container removed after the {invocation.timeout:g} s timeout\n"
+        elif exit_code == ENGINE_FAILED:
+            error = f"{self.flavour} could not run the container: {_engine_message(output)}"
+        return Completed(
+            exit_code=None if timed_out or error else exit_code,
+            output=output,
+            timed_out=timed_out,
+            duration=time.monotonic() - started,
+            error=error,
+        )
+
+    def run_argv(self, invocation: Invocation, name: str, env_file: Path) -> list[str]:
+        """The engine command line for one invocation (public so it can be read and tested)."""
+        workdir = str(invocation.workdir)
+        argv = [
+            *self._base,
+            "run",
+            "--rm",
+            "--name", name,
+            "--label", f"{OWNER_LABEL}={self.owner}",
+            "--label", f"{JOB_LABEL}={invocation.env.get('JOB_UUID', '')}",
+            "--pull", PULL_POLICIES[invocation.pull_policy],
+            "--env-file", str(env_file),
+            "--volume", f"{workdir}:{workdir}",
+            "--workdir", workdir,
+            "--log-driver", "none",  # the output is read from the attached streams, kept once
+            "--cpus", f"{invocation.cpus:g}",
+        ]  # fmt: skip
+        for path in invocation.read_only_paths:
+            argv += ["--volume", f"{path}:{path}:ro"]
+        if invocation.memory_bytes:
+            # Swap equal to memory: no swap, so the limit is a real ceiling, as in Kubernetes.
+            limit = f"{invocation.memory_bytes}b"
+            argv += ["--memory", limit, "--memory-swap", limit]
+        if not invocation.network:
+            argv += ["--network", "none"]
+        if invocation.gpu:
+            argv += ["--gpus", "all"] if self.flavour == "docker" else ["--device", "nvidia.com/gpu=all"]
+        if self.auth_file is not None and self.flavour == "podman":
+            argv += ["--authfile", str(self.auth_file)]
+        return [*argv, invocation.image, *invocation.argv]
+
+    async def _housekeeping(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [*self._base, *args]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads,
+            lambda: subprocess.run(argv, capture_output=True, text=True, timeout=ENGINE_TIMEOUT, check=False),
+        )
+
+    def _host_has_gpus(self) -> bool:
+        if self.flavour == "docker":
+            return shutil.which("nvidia-container-runtime") is not None
+        # podman reaches GPUs through CDI: a spec generated by `nvidia-ctk cdi generate`.
+        for folder in CDI_FOLDERS:
+            for spec in folder.glob("*") if folder.is_dir() else ():
+                with contextlib.suppress(OSError):
+                    if "nvidia.com/gpu" in spec.read_text(errors="replace"):
+                        return True
+        return False
+
+
+def _write_env_file(env: dict[str, str]) -> Path:
+    """The container's environment as an engine env-file, readable by this user only.
+
+    An env-file keeps values (secrets) off the engine's command line, which any local user can
+    read. It holds one `NAME=value` per line, taken literally: values must not contain line breaks.
+    """
+    fd, path = tempfile.mkstemp(prefix="sluice-env-", suffix=".env")
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"{name}={value}\n" for name, value in env.items())
+    return Path(path)
+
+
+def _run_and_wait(
+    argv: list[str], log_path: Path, timeout: float, spawned: list[subprocess.Popen[bytes]]
+) -> tuple[int, bool]:
+    """Run the engine's client in a worker thread; True if the timeout came first (still running)."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+    spawned.append(process)
+    try:
+        return process.wait(timeout), False
+    except subprocess.TimeoutExpired:
+        return -1, True
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Wait for a client whose container was removed; kill it if it lingers."""
+    try:
+        process.wait(ENGINE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _engine_message(output: str) -> str:
+    errors = [line.removeprefix("Error: ") for line in output.splitlines() if line.startswith("Error")]
+    return errors[-1] if errors else _tail(output)
+
+
+def _last_line(result: subprocess.CompletedProcess[str]) -> str:
+    return _tail(result.stderr or result.stdout)
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"

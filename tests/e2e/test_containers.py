@@ -1,0 +1,235 @@
+"""Jobs in real podman containers: the OSCAR contract inside the image, limits, clean-up.
+
+One `sluice serve --executor container` per module, with the local busybox test image
+(`tests/podman.py`); no registry is involved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sluice.client import Client
+from sluice.executors.container import JOB_LABEL, OWNER_LABEL
+from tests.podman import IMAGE, Podman
+from tests.server import PASSWORD, ServerProcess, wait_for_jobs
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    return Podman.for_tests(tmp_path_factory.mktemp("podman"))
+
+
+@pytest.fixture(scope="module")
+def server(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {**podman.server_env, "SLUICE_WORKERS": "4", "SLUICE_RETRY_BASE_DELAY": "0.2"}
+    process = ServerProcess(tmp_path_factory.mktemp("ctr") / "data", env=env).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+    # Whatever happened in the tests, a stopped server leaves no container behind.
+    assert podman.containers(OWNER_LABEL) == []
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.endpoint, auth=("oscar", PASSWORD), timeout=30) as c:
+        yield c
+
+
+def create(http: httpx.Client, name: str, script: str, **fields: Any) -> dict[str, Any]:
+    spec = {
+        "name": name,
+        "image": IMAGE,
+        "script": script,
+        "cpu": "1",
+        "input": [{"storage_provider": "minio.default", "path": f"{name}/in"}],
+        "output": [{"storage_provider": "minio.default", "path": f"{name}/out"}],
+        **fields,
+    }
+    created = http.post("/system/services", json=spec)
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+def run_one(client: Client, service: str, body: bytes = b"{}", timeout: float = 60) -> dict[str, Any]:
+    job_id = client.submit(service, body)["job_id"]
+    return wait_for_job(client, service, job_id, timeout)
+
+
+def wait_for_job(
+    client: Client, service: str, job_id: str, timeout: float = 60, states: tuple[str, ...] = FINAL
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.job(service, job_id)
+        if job["status"] in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not in {states} within {timeout}s: {job}")
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+def test_the_service_says_it_runs_in_containers(http: httpx.Client) -> None:
+    created = create(http, "ctr-status", "true")
+    assert created["sluice_executor"] == "container (podman)"
+    assert http.get("/system/services/ctr-status").json()["sluice_executor"] == "container (podman)"
+
+
+def test_a_file_is_processed_inside_the_image_under_the_oscar_contract(
+    http: httpx.Client, client: Client, tmp_path: Path
+) -> None:
+    create(
+        http,
+        "ctr-env",
+        # /usr exists on the host, not in the busybox image: proof the script ran in the image.
+        'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/copy.txt"\n'
+        'env > "$TMP_OUTPUT_DIR/env.txt"\n'
+        'if [ -e /usr ]; then echo host; else echo image; fi > "$TMP_OUTPUT_DIR/where.txt"\n'
+        'echo "log line from $(hostname)"\n',
+        environment={"variables": {"GREETING": "hello there"}, "secrets": {"TOKEN": "s3cr3t"}},
+    )
+    source = tmp_path / "photo.txt"
+    source.write_text("pixels\n")
+    client.put_file("ctr-env/in", source)
+    (job,) = wait_for_jobs(client, "ctr-env", 1)
+    assert job["status"] == "succeeded", job
+    assert client.get_bytes("ctr-env", "out/copy.txt") == b"pixels\n"
+    assert client.get_bytes("ctr-env", "out/where.txt") == b"image\n"
+    env = dict(
+        line.split("=", 1) for line in client.get_bytes("ctr-env", "out/env.txt").decode().splitlines()
+    )
+    assert Path(env["INPUT_FILE_PATH"]).name == "photo.txt"
+    assert env["STORAGE_OBJECT_KEY"] == "ctr-env/in/photo.txt"
+    assert env["JOB_UUID"] == job["id"]
+    assert env["OSCAR_SERVICE_NAME"] == "ctr-env"
+    assert '"ctr-env/in/photo.txt"' in env["EVENT"]
+    assert env["GREETING"] == "hello there"
+    assert env["TOKEN"] == "s3cr3t"
+    assert {"TMP_INPUT_DIR", "TMP_OUTPUT_DIR", "EVENT_TIME", "OSCAR_SERVICE_TOKEN"} <= env.keys()
+    # The image's own PATH, not the server's virtualenv.
+    assert ".venv" not in env.get("PATH", "")
+    assert "log line from" in client.log("ctr-env", job["id"])
+
+
+def test_the_memory_limit_is_enforced(http: httpx.Client, client: Client) -> None:
+    # The script holds as many bytes as the input says in a shell variable.
+    create(
+        http,
+        "ctr-memory",
+        'x=$(head -c "$(cat "$INPUT_FILE_PATH")" /dev/zero | tr "\\0" a)\necho "held ${#x}"\n',
+        memory="48Mi",
+    )
+    small = run_one(client, "ctr-memory", b"4000000")
+    assert small["status"] == "succeeded", small
+    assert "held 4000000" in client.log("ctr-memory", small["id"])
+    big = run_one(client, "ctr-memory", b"200000000")
+    assert big["status"] == "failed"
+    assert big["exit_code"] == 137  # killed by the kernel's OOM killer inside the container's cgroup
+
+
+def test_a_timeout_removes_the_container(http: httpx.Client, client: Client, podman: Podman) -> None:
+    create(http, "ctr-timeout", "echo started\nsleep 60\n", timeout=2)
+    started = time.monotonic()
+    job = run_one(client, "ctr-timeout", timeout=40)
+    assert job["status"] == "failed"
+    assert job["error"] == "timed out"
+    assert time.monotonic() - started < 30
+    assert "started" in client.log("ctr-timeout", job["id"])
+    assert podman.containers(f"{JOB_LABEL}={job['id']}") == []
+
+
+def test_cancelling_a_running_job_removes_its_container(
+    http: httpx.Client, client: Client, podman: Podman
+) -> None:
+    create(http, "ctr-cancel", "sleep 60\n")
+    job_id = client.submit("ctr-cancel", b"{}")["job_id"]
+    wait_for_job(client, "ctr-cancel", job_id, states=("running",))
+    label = f"{JOB_LABEL}={job_id}"
+    wait_until(lambda: podman.containers(label), 30, "the job's container starting")
+    client.cancel("ctr-cancel", job_id)
+    assert wait_for_job(client, "ctr-cancel", job_id)["status"] == "cancelled"
+    wait_until(lambda: not podman.containers(label), 30, "the container's removal")
+
+
+def test_a_missing_image_fails_the_job_with_the_engines_message(http: httpx.Client, client: Client) -> None:
+    create(http, "ctr-noimage", "true", image="localhost/no-such-image:1", image_pull_policy="Never")
+    job = run_one(client, "ctr-noimage")
+    assert job["status"] == "failed"
+    assert job["error"].startswith("podman could not run the container:"), job["error"]
+    assert "no-such-image" in job["error"] and "image not known" in job["error"]
+    assert job["exit_code"] is None
+
+
+def test_network_is_on_by_default_and_can_be_turned_off(http: httpx.Client, client: Client) -> None:
+    script = 'cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d " "\n'
+    create(http, "ctr-net-on", script)
+    create(http, "ctr-net-off", script, network=False)
+    on = run_one(client, "ctr-net-on")
+    off = run_one(client, "ctr-net-off")
+    assert on["status"] == off["status"] == "succeeded"
+    assert client.log("ctr-net-off", off["id"]).split() == ["lo"]
+    assert len(client.log("ctr-net-on", on["id"]).split()) > 1  # lo and the container's interface
+
+
+def test_enable_gpu_without_a_gpu_fails_clearly(http: httpx.Client, client: Client) -> None:
+    created = create(http, "ctr-gpu", "true", enable_gpu=True)
+    assert "enable_gpu" not in created.get("sluice_inactive_fields", [])
+    job = run_one(client, "ctr-gpu")
+    assert job["status"] == "failed"
+    assert job["error"] == "enable_gpu is set but podman reports no GPU on this host"
+
+
+def test_a_multiline_variable_is_refused_with_its_name(http: httpx.Client, client: Client) -> None:
+    create(http, "ctr-multiline", "true", environment={"secrets": {"PEM": "line one\nline two"}})
+    job = run_one(client, "ctr-multiline")
+    assert job["status"] == "failed"
+    assert "line breaks" in job["error"] and "PEM" in job["error"]
+
+
+def test_containers_left_by_a_killed_server_are_removed_at_restart(podman: Podman, tmp_path: Path) -> None:
+    env = {**podman.server_env, "SLUICE_WORKERS": "2"}
+    server = ServerProcess(tmp_path / "data", env=env).start()
+    try:
+        with (
+            server.client() as client,
+            httpx.Client(base_url=server.endpoint, auth=("oscar", PASSWORD), timeout=30) as http,
+        ):
+            create(http, "ctr-crash", "sleep 120\n", max_retries=0)
+            job_id = client.submit("ctr-crash", b"{}")["job_id"]
+            label = f"{JOB_LABEL}={job_id}"
+            wait_until(lambda: podman.containers(label), 30, "the job's container starting")
+        server.kill()
+        left = podman.containers(label)
+        assert left, "a SIGKILLed server's container keeps running (conmon owns it)"
+        server.start()
+        # Removed before the server answered /health (the requeued job may run in a new one).
+        assert not set(left) & set(podman.containers(label))
+        with server.client() as client:
+            client.cancel("ctr-crash", job_id)  # the requeued job would otherwise sleep again
+            wait_for_job(client, "ctr-crash", job_id)
+    finally:
+        server.stop()
+    wait_until(lambda: not podman.containers(label), 30, "the rerun's container removal")

@@ -1,0 +1,88 @@
+"""A real podman for tests and benchmarks: its settings for this machine, and a local busybox image.
+
+No registry is reachable here, so the test image is built from the static busybox binary
+(`apt-get install busybox-static`) as a one-layer rootfs and loaded with `podman import`:
+
+    engine = Podman.for_tests(tmp_dir)    # writes containers.conf, builds the image once
+    engine.server_env                     # SLUICE_* and CONTAINERS_CONF for `sluice serve`
+    engine.containers("io.sluice.owner")  # ids of containers carrying a label, running or not
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE = "localhost/sluice-test:busybox"
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "cat", "cp", "echo", "env", "head", "ls", "mkdir", "sleep", "tr", "wc", "hostname", "ps")
+# This sandbox has no systemd and no crun: podman needs runc, cgroupfs and no default ulimits.
+ENGINE_ARGS = ("--runtime", "/usr/sbin/runc", "--cgroup-manager", "cgroupfs")
+CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\n"
+
+
+@dataclass(frozen=True)
+class Podman:
+    conf: Path
+
+    @classmethod
+    def for_tests(cls, folder: Path) -> Podman:
+        missing = [tool for tool in ("podman", "/usr/sbin/runc", str(BUSYBOX)) if not shutil.which(tool)]
+        if missing:
+            raise RuntimeError(
+                f"missing {missing}: apt-get install podman runc busybox-static (make test does)"
+            )
+        conf = folder / "containers.conf"
+        conf.write_text(CONTAINERS_CONF)
+        engine = cls(conf)
+        if engine.run("image", "exists", IMAGE).returncode != 0:
+            engine.build_image()
+        return engine
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CONTAINERS_CONF": str(self.conf)}
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        """What `sluice serve` needs to run its jobs in containers with this podman."""
+        return {
+            "CONTAINERS_CONF": str(self.conf),
+            "SLUICE_EXECUTOR": "container",
+            "SLUICE_CONTAINER_ENGINE": "podman",
+            "SLUICE_CONTAINER_ENGINE_ARGS": " ".join(ENGINE_ARGS),
+        }
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["podman", *ENGINE_ARGS, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+    def build_image(self) -> None:
+        with tempfile.TemporaryDirectory() as work:
+            rootfs = Path(work) / "rootfs"
+            for folder in ("bin", "tmp", "proc", "sys", "dev", "etc"):
+                (rootfs / folder).mkdir(parents=True)
+            shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+            for applet in APPLETS:
+                (rootfs / "bin" / applet).symlink_to("busybox")
+            (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+            archive = Path(work) / "rootfs.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(rootfs, arcname=".")
+            self.run("import", str(archive), IMAGE, check=True)
+
+    def containers(self, label: str) -> list[str]:
+        """Ids of the containers (running or stopped) that carry `label` (a key or key=value)."""
+        listed = self.run("ps", "-aq", "--filter", f"label={label}", check=True)
+        return listed.stdout.split()
