@@ -197,6 +197,7 @@ class SeaweedFS:
             f"-s3.config={self.workdir / 's3.json'}",
             # Admins would otherwise create a missing bucket on upload, unlike AWS.
             "-s3.autoCreateBucket=false",
+            "-s3.iam.readOnly=false",
             "-volume.max=1000",
             "-master.telemetry=false",
             # By default the volume server waits 10 s after SIGTERM before it exits.

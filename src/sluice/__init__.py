@@ -4,12 +4,15 @@ The public front door: the client, the service model and its parser, and the exc
 Everything else is internal and may change.
 """
 
-from sluice.client import AsyncClient, Client, ServerError
+from sluice.client import AsyncClient, Client, Job, Record, ServerError, Service, Table
 from sluice.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
+    InvocationFailed,
+    InvocationTimeout,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     SluiceError,
     SpecError,
@@ -25,13 +28,20 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "InvalidInput",
+    "InvocationFailed",
+    "InvocationTimeout",
+    "Job",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
+    "Record",
     "ServerError",
+    "Service",
     "ServiceSpec",
     "SluiceError",
     "SpecError",
     "StorageIO",
+    "Table",
     "Unauthorized",
     "__version__",
     "parse_fdl",

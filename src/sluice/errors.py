@@ -14,7 +14,10 @@
     │   └── ObjectNotFound
     ├── Conflict                already exists, or not in a state that allows it (409)
     ├── StorageError            a storage backend failed (502)
-    └── ExecutorError           an executor could not run an invocation
+    ├── ExecutorError           an executor could not run an invocation
+    ├── InvocationFailed        a synchronous invocation's script failed (502)
+    ├── InvocationTimeout       a synchronous invocation ran out of time (504)
+    └── Overloaded              too many requests waiting for a service (503, Retry-After)
 
 Backends translate their drivers' errors into these at their edge; the API maps each class to one
 HTTP status in `sluice.api.errors`; nothing compares error strings.
@@ -96,3 +99,19 @@ class StorageError(SluiceError):
 
 class ExecutorError(SluiceError):
     status_code = 500
+
+
+class InvocationFailed(SluiceError):
+    status_code = 502
+
+
+class InvocationTimeout(SluiceError):
+    status_code = 504
+
+
+class Overloaded(SluiceError):
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

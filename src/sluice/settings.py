@@ -59,11 +59,18 @@ class Settings(BaseSettings):
     job_timeout: float = Field(default=3600.0, gt=0, description="default per-job timeout, seconds")
     log_limit: int = Field(default=256 * 1024, ge=1024, description="bytes of job log kept")
     max_upload: int = Field(default=1024**3, ge=1, description="largest accepted upload, bytes")
+    sync_max_waiting: int = Field(
+        default=100, ge=0, description="synchronous calls that may wait per service before a 503"
+    )
     max_body: int = Field(default=16 * 1024**2, ge=1, description="largest /job or JSON body, bytes")
     lease_seconds: float = Field(default=30.0, gt=1, description="a running job's lease; renewed")
     reconcile_interval: float = Field(default=30.0, ge=0, description="0 turns the reconciler off")
     retry_base_delay: float = Field(default=2.0, ge=0)
     retry_max_delay: float = Field(default=300.0, ge=0)
+    s3_user_credentials: bool = Field(
+        default=True,
+        description="give each user S3 keys limited to their buckets, through the store's IAM API",
+    )
     webhook_token: SecretStr | None = Field(default=None, description="bearer token storage webhooks send")
     oidc_issuers: list[OidcIssuer] = Field(
         default_factory=list,

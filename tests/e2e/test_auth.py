@@ -503,7 +503,7 @@ ROUTES = [
         destructive=True,
         check=check_job_deleted,
     ),
-    # Invoking with the caller's credentials; a user who may not see the service learns it exists.
+    # Invoking with the caller's credentials; a user who may not see the service gets 404, as for reads.
     Route(
         "job-submit",
         "POST",
@@ -511,7 +511,6 @@ ROUTES = [
         "use",
         201,
         content=lambda _: OK_BODY,
-        hidden=403,
         check=check_submitted,
     ),
     Route("jobs-list", "GET", "/v1/services/{svc}/jobs", "manage", 200, check=check_job_list),

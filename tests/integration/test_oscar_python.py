@@ -1,11 +1,11 @@
 """The official OSCAR Python client (oscar-python 2.2.0), unchanged, against a real Sluice server on
 a real S3 store: what an OSCAR user's notebook does must work.
 
-Synchronous `run_service` is not here: `/run` is not built yet (it answers 501).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -124,6 +124,32 @@ def test_service_lifecycle_jobs_and_storage(oscar: OscarClient, tmp_path: Path) 
 
     assert oscar.remove_service(name).status_code == 204
     assert name not in [s["name"] for s in oscar.list_services().json()]
+
+
+def test_run_service_synchronously_and_asynchronously(oscar: OscarClient, tmp_path: Path) -> None:
+    name = f"op-run-{uuid.uuid4().hex[:8]}"
+    bucket = f"opr-{uuid.uuid4().hex[:10]}"
+    script = 'tr a-z A-Z < "$INPUT_FILE_PATH" > "$TMP_OUTPUT_DIR/answer.txt"\n'
+    assert oscar.create_service(str(write_fdl(tmp_path, name, bucket, script))).status_code == 201
+
+    # A file as input, the single output file written where asked (oscar-python decodes base64).
+    source = tmp_path / "question.txt"
+    source.write_text("what is the label?\n")
+    answer = tmp_path / "answer.txt"
+    response = oscar.run_service(name, input=str(source), output=str(answer), timeout=60)
+    assert response.status_code == 200
+    assert answer.read_text() == "WHAT IS THE LABEL?\n"
+    # A string, and a dict (which requests form-encodes): the script reads text and JSON.
+    text = oscar.run_service(name, input="plain text", output=str(tmp_path / "t.txt"), timeout=60)
+    assert text.status_code == 200 and (tmp_path / "t.txt").read_text() == "PLAIN TEXT"
+    oscar.run_service(name, input={"model": "digits"}, output=str(tmp_path / "d.json"), timeout=60)
+    assert json.loads((tmp_path / "d.json").read_text()) == {"MODEL": "DIGITS"}
+
+    # The same call as a job.
+    queued = oscar.run_service(name, input="later", async_call=True, timeout=60)
+    assert queued.status_code == 201
+    wait_for(lambda: [j for j in oscar.list_jobs(name).json()["jobs"].values() if j["status"] == "Succeeded"])
+    assert oscar.remove_service(name).status_code == 204
 
 
 def test_buckets_and_presigned_urls(oscar: OscarClient, tmp_path: Path) -> None:

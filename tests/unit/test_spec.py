@@ -354,7 +354,8 @@ def test_cluster_id_from_fdl_is_kept_but_not_reported_inactive(tmp_path: Path) -
     ("fields", "inactive"),
     [
         ({"visibility": "public"}, []),  # enforced: not reported
-        ({"synchronous": {"min_scale": 1}}, ["synchronous"]),
+        ({"synchronous": {"min_scale": 1}}, ["synchronous.min_scale"]),
+        ({"synchronous": {"max_scale": 2}}, []),  # bounds /run's concurrency
         ({"enable_gpu": True}, []),  # acted on by the container executor; the API reports per executor
         ({}, []),
     ],

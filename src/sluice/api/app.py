@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sluice import __version__
-from sluice.api import buckets, events, jobs, services, system, users
+from sluice.api import buckets, events, jobs, run, services, system, users
 from sluice.api.auth import Authenticator
 from sluice.api.errors import install_error_handlers
 from sluice.api.oidc import OidcVerifier
@@ -59,7 +59,7 @@ def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ())
     app.state.auth = Authenticator(settings.admin_user, password, db, oidc)
     app.state.signer = UrlSigner(load_key(settings.data_dir), settings.base_url)
     install_error_handlers(app)
-    for module in (system, services, jobs, buckets, events, users):
+    for module in (system, services, jobs, run, buckets, events, users):
         app.include_router(module.router)
     app.include_router(system.fallback_router)
     return app

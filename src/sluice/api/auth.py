@@ -18,7 +18,7 @@ from sluice.db import accounts
 from sluice.db.database import Database
 from sluice.db.services import ServiceRecord
 from sluice.engine.access import Caller, can_use_service
-from sluice.errors import Forbidden, Unauthorized
+from sluice.errors import Forbidden, NotFound, ServiceNotFound, Unauthorized
 
 CREDENTIALS_REQUIRED = "credentials required: HTTP Basic, or a Bearer token from a configured OIDC issuer"
 
@@ -79,6 +79,21 @@ async def require_admin(request: Request) -> Caller:
     return caller
 
 
+async def invocable_service(request: Request, name: str) -> ServiceRecord:
+    """For /job and /run: the service, if the request may invoke it.
+
+    Only a caller with valid credentials learns whether a service exists (404); others get 401.
+    """
+    try:
+        record = await request.app.state.platform.get_service(name)
+    except NotFound:
+        if await request.app.state.auth.authenticate(request.headers.get("authorization")) is None:
+            raise Unauthorized("a Bearer token (the service's token) or credentials are required") from None
+        raise
+    await check_invocation(request, record)
+    return record
+
+
 async def check_invocation(request: Request, service: ServiceRecord) -> Caller:
     """For /job and /run: the service's own token, or a caller allowed to use the service."""
     header = request.headers.get("authorization")
@@ -94,5 +109,5 @@ async def check_invocation(request: Request, service: ServiceRecord) -> Caller:
     if caller is None:
         raise Unauthorized("a Bearer token (the service's token) or credentials are required")
     if not can_use_service(caller, service):
-        raise Forbidden(f"'{caller.name}' may not invoke service '{service.spec.name}'")
+        raise ServiceNotFound(service.spec.name)  # as for reads: its existence is not theirs to know
     return caller

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sluice.errors import SluiceError, Unauthorized
+from sluice.errors import Overloaded, SluiceError, Unauthorized
 
 log = logging.getLogger("sluice.api")
 
@@ -19,7 +19,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def sluice_error(_: Request, exc: SluiceError) -> PlainTextResponse:
         if exc.status_code >= 500:
             log.error("%s: %s", type(exc).__name__, exc.message)
-        headers = {"WWW-Authenticate": 'Basic realm="sluice"'} if isinstance(exc, Unauthorized) else None
+        headers = None
+        if isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": 'Basic realm="sluice"'}
+        elif isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(exc.retry_after)}
         return PlainTextResponse(exc.message, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -7,13 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from sluice.api.auth import check_invocation, require_user
+from sluice.api.auth import invocable_service, require_user
 from sluice.api.services import managed_service
 from sluice.api.shapes import decode_cursor, encode_cursor, job_json, oscar_job
 from sluice.api.uploads import read_body
 from sluice.db.jobs import FAILED
 from sluice.engine.access import Caller, can_manage_service
-from sluice.errors import NotFound, Unauthorized
 
 router = APIRouter(tags=["jobs"])
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -27,14 +26,7 @@ async def submit_job(name: str, request: Request) -> JSONResponse:
     first id in the `X-Job-Id` header. A repeated event for the same object returns its existing job.
     """
     platform = request.app.state.platform
-    try:
-        record = await platform.get_service(name)
-    except NotFound:
-        # Only a caller with valid credentials learns that a service does not exist.
-        if await request.app.state.auth.authenticate(request.headers.get("authorization")) is None:
-            raise Unauthorized("a Bearer token (the service's token) or credentials are required") from None
-        raise
-    await check_invocation(request, record)
+    await invocable_service(request, name)
     body = await read_body(request, request.app.state.settings.max_body)
     accepted = await platform.submit(name, body)
     ids = [a.job_id for a in accepted]
@@ -154,12 +146,3 @@ async def requeue_job(
     await managed_service(request.app.state.platform, caller, name)
     await request.app.state.platform.requeue_job(name, job_id)
     return job_json(await request.app.state.platform.get_job(name, job_id))
-
-
-@router.post("/run/{name}", status_code=501, include_in_schema=False)
-async def run_sync(name: str) -> PlainTextResponse:
-    """Synchronous invocation is not built yet; jobs (`/job/{name}`) are."""
-    return PlainTextResponse(
-        f"synchronous invocation (/run/{name}) is not supported by Sluice yet; use POST /job/{name}",
-        status_code=501,
-    )

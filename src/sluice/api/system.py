@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform as host
 from typing import Any
 
@@ -11,7 +12,9 @@ from fastapi.responses import PlainTextResponse
 from sluice import __version__
 from sluice.api.auth import require_user
 from sluice.engine.access import Caller
+from sluice.errors import StorageError
 
+log = logging.getLogger("sluice.api")
 router = APIRouter()
 fallback_router = APIRouter()  # included last: it must not shadow real routes
 
@@ -38,16 +41,23 @@ async def info(request: Request, _: Caller = Depends(require_user)) -> dict[str,
 @router.get("/system/config", tags=["system"])
 @router.get("/system/config/", include_in_schema=False)
 async def config(request: Request, caller: Caller = Depends(require_user)) -> dict[str, Any]:
-    store = request.app.state.platform.default_store()
+    platform = request.app.state.platform
+    store = platform.default_store()
     provider = {"endpoint": "", "verify": True, "access_key": "", "secret_key": "", "region": "us-east-1"}
     if store.name == "s3":
-        # The store's keys open every bucket in it: only the admin gets them. Credentials scoped
-        # to one user need an S3 server with per-user identities (not configured yet).
+        # The admin gets the store's own keys; a user, keys that open only their buckets (or
+        # none, where the store has no IAM API).
+        try:
+            keys = await platform.s3_keys_for(caller)
+        except StorageError as exc:
+            log.warning("no S3 keys for %s: %s", caller.name, exc.message)
+            keys = None
+        access_key, secret_key = keys or ("", "")
         provider = {
             "endpoint": store.endpoint_url or "",
             "verify": store.verify,
-            "access_key": store.access_key if caller.is_admin else "",
-            "secret_key": store.secret_key if caller.is_admin else "",
+            "access_key": access_key,
+            "secret_key": secret_key,
             "region": store.region,
         }
     return {

@@ -65,6 +65,8 @@ async def set_password(
 @router.delete("/v1/users/{name}", status_code=204)
 async def remove_user(name: str, request: Request, _: Caller = Depends(require_admin)) -> Response:
     """Remove the account; services and buckets it owns stay, managed by the admin."""
-    if not await request.app.state.platform.db.call(accounts.remove_user, name):
+    platform = request.app.state.platform
+    if not await platform.db.call(accounts.remove_user, name):
         raise NotFound(f"user '{name}' not found")
+    await platform.forget_user(name)
     return Response(status_code=204)

@@ -308,6 +308,37 @@ def get_file(
 
 
 @app.command()
+def run(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="The service to call.")],
+    input_file: Annotated[
+        Path | None, typer.Argument(help="The input file; - or nothing reads stdin.", show_default=False)
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the output here instead of stdout.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 300.0,
+) -> None:
+    """Call a service synchronously (POST /run) and print or save what it returns."""
+    if input_file is not None and input_file != Path("-") and not input_file.is_file():
+        _fail(InvalidInput(f"no such file: {input_file}"))
+    if input_file in (None, Path("-")):
+        if sys.stdin.isatty():
+            _fail(InvalidInput("give an input file, or pipe the input in: sluice run SERVICE < FILE"))
+        data = sys.stdin.buffer.read()
+    else:
+        data = input_file.read_bytes()
+    with _session(ctx) as client:
+        answer = client.run(service, data, timeout=timeout)
+    if output is None:
+        sys.stdout.buffer.write(answer)
+        sys.stdout.buffer.flush()
+    else:
+        output.write_bytes(answer)
+        console.print(f"saved {output} ({len(answer)} bytes)")
+
+
+@app.command()
 def ls(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument(help="bucket or bucket/prefix; nothing lists buckets.")] = "",

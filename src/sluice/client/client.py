@@ -24,11 +24,15 @@ from urllib.parse import quote
 
 import httpx
 
+from sluice.client.results import Bucket, Job, Record, Service, StoredObject, Table, wrap_all
 from sluice.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
+    InvocationFailed,
+    InvocationTimeout,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     SluiceError,
     Unauthorized,
@@ -46,6 +50,9 @@ STATUS_ERRORS: dict[int, type[SluiceError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: InvalidInput,
+    502: InvocationFailed,
+    503: Overloaded,
+    504: InvocationTimeout,
 }
 
 
@@ -62,6 +69,8 @@ def _raise_for(response: httpx.Response) -> None:
         raise ServerError(f"{response.status_code} {message}")
     exc = error.__new__(error)
     SluiceError.__init__(exc, message)
+    if isinstance(exc, Overloaded):
+        exc.retry_after = int(response.headers.get("retry-after", "1") or 1)
     raise exc
 
 
@@ -99,18 +108,20 @@ class AsyncClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise SluiceError(f"no answer from {self.endpoint} in time ({method} {path})") from None
         except httpx.TransportError as exc:
-            raise SluiceError(f"cannot reach {self.endpoint}: {exc}") from None
+            raise SluiceError(f"cannot reach {self.endpoint}: {exc or type(exc).__name__}") from None
         _raise_for(response)
         return response
 
     # services
 
-    async def services(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/system/services")).json()
+    async def services(self) -> Table[Service]:
+        return wrap_all(Service, (await self._request("GET", "/system/services")).json())
 
-    async def service(self, name: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/system/services/{name}")).json()
+    async def service(self, name: str) -> Service:
+        return Service((await self._request("GET", f"/system/services/{name}")).json())
 
     async def apply_spec(self, spec: ServiceSpec) -> str:
         """Create the service, or update it if it exists. Returns 'created' or 'updated'."""
@@ -132,7 +143,7 @@ class AsyncClient:
 
     # files
 
-    async def put_file(self, target: str, path: str | Path, key: str | None = None) -> dict[str, Any]:
+    async def put_file(self, target: str, path: str | Path, key: str | None = None) -> Record:
         """Upload `path` into `target` ('bucket/folder'); the key is folder/<file name> unless given."""
         path = Path(path)
         bucket, folder = split_target(target)
@@ -140,7 +151,7 @@ class AsyncClient:
         response = await self._request(
             "PUT", f"/v1/buckets/{bucket}/objects/{quote(key)}", content=_chunks(path)
         )
-        return response.json()
+        return Record(response.json())
 
     async def get_file(self, bucket: str, key: str, dest: str | Path) -> Path:
         dest = Path(dest)
@@ -165,7 +176,7 @@ class AsyncClient:
 
     async def list_objects(
         self, bucket: str, prefix: str = "", folders: bool = False
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[StoredObject]:
         """Every object under `prefix` (all pages); `folders` adds empty folders as `name/` entries."""
         page: str | None = None
         while True:
@@ -174,27 +185,51 @@ class AsyncClient:
                 params["folders"] = "true"
             data = (await self._request("GET", f"/v1/buckets/{bucket}/objects", params=params)).json()
             for item in data["objects"]:
-                yield item
+                yield StoredObject(item)
             page = data.get("next_page")
             if not page:
                 return
 
-    async def buckets(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/system/buckets")).json()
+    async def buckets(self) -> Table[Bucket]:
+        return wrap_all(Bucket, (await self._request("GET", "/system/buckets")).json())
 
     # jobs
 
-    async def submit(self, service: str, body: bytes | str, token: str | None = None) -> dict[str, Any]:
+    async def submit(self, service: str, body: bytes | str, token: str | None = None) -> Record:
+        """Queue one job on `body` (`POST /job`); the answer holds its `job_id`."""
         token = token or (await self.service(service))["token"]
-        return (
-            await self._request(
-                "POST", f"/job/{service}", content=body, headers={"Authorization": f"Bearer {token}"}
-            )
-        ).json()
+        response = await self._request(
+            "POST", f"/job/{service}", content=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        return Record(response.json())
 
-    async def jobs(
-        self, service: str, status: str | None = None, limit: int = 1000
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def run(
+        self,
+        service: str,
+        data: bytes | str | Path,
+        *,
+        content_type: str = "application/octet-stream",
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """Call the service synchronously on `data` (bytes, text, or a file's path) and return its
+        output as raw bytes: one output file's content, a zip of several, or the script's output."""
+        if isinstance(data, Path):
+            data = data.read_bytes()
+        elif isinstance(data, str):
+            data = data.encode()
+        token = token or (await self.service(service))["token"]
+        response = await self._request(
+            "POST",
+            f"/run/{service}",
+            content=data,
+            params={"raw": "true"},
+            headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+            timeout=timeout if timeout is not None else self._http.timeout,
+        )
+        return response.content
+
+    async def jobs(self, service: str, status: str | None = None, limit: int = 1000) -> AsyncIterator[Job]:
         page: str | None = None
         while True:
             params: dict[str, Any] = {"limit": limit}
@@ -204,25 +239,25 @@ class AsyncClient:
                 params["page"] = page
             data = (await self._request("GET", f"/v1/services/{service}/jobs", params=params)).json()
             for item in data["jobs"]:
-                yield item
+                yield Job(item)
             page = data.get("next_page")
             if not page:
                 return
 
-    async def job(self, service: str, job_id: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/v1/services/{service}/jobs/{job_id}")).json()
+    async def job(self, service: str, job_id: str) -> Job:
+        return Job((await self._request("GET", f"/v1/services/{service}/jobs/{job_id}")).json())
 
-    async def failed_jobs(self) -> list[dict[str, Any]]:
-        return (await self._request("GET", "/v1/jobs/failed")).json()["jobs"]
+    async def failed_jobs(self) -> Table[Job]:
+        return wrap_all(Job, (await self._request("GET", "/v1/jobs/failed")).json()["jobs"])
 
     async def log(self, service: str, job_id: str) -> str:
         return (await self._request("GET", f"/system/logs/{service}/{job_id}")).text
 
-    async def cancel(self, service: str, job_id: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/v1/services/{service}/jobs/{job_id}/cancel")).json()
+    async def cancel(self, service: str, job_id: str) -> Job:
+        return Job((await self._request("POST", f"/v1/services/{service}/jobs/{job_id}/cancel")).json())
 
-    async def requeue(self, service: str, job_id: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/v1/services/{service}/jobs/{job_id}/requeue")).json()
+    async def requeue(self, service: str, job_id: str) -> Job:
+        return Job((await self._request("POST", f"/v1/services/{service}/jobs/{job_id}/requeue")).json())
 
     async def delete_jobs(self, service: str, everything: bool = False) -> None:
         await self._request(
@@ -243,8 +278,8 @@ class AsyncClient:
     async def remove_user(self, name: str) -> None:
         await self._request("DELETE", f"/v1/users/{name}")
 
-    async def status(self) -> dict[str, Any]:
-        return (await self._request("GET", "/system/status")).json()
+    async def status(self) -> Record:
+        return Record((await self._request("GET", "/system/status")).json())
 
 
 async def _chunks(path: Path, size: int = 1024 * 1024) -> AsyncIterator[bytes]:

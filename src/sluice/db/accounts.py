@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from sluice.db.schema import buckets, users
+from sluice.db.schema import buckets, s3_identities, users
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    user: str
+    iam_user: str
+    access_key: str
+    secret_key: str
 
 
 @dataclass(frozen=True)
@@ -87,3 +95,37 @@ def set_bucket_visibility(connection: Connection, name: str, visibility: str, al
 
 def forget_bucket(connection: Connection, name: str) -> None:
     connection.execute(delete(buckets).where(buckets.c.name == name))
+
+
+def s3_identity(connection: Connection, user: str) -> S3Identity | None:
+    row = connection.execute(select(s3_identities).where(s3_identities.c.user == user)).first()
+    if row is None:
+        return None
+    m = row._mapping
+    return S3Identity(m["user"], m["iam_user"], m["access_key"], m["secret_key"])
+
+
+def all_s3_identities(connection: Connection) -> list[S3Identity]:
+    rows = connection.execute(select(s3_identities).order_by(s3_identities.c.user))
+    return [S3Identity(r.user, r.iam_user, r.access_key, r.secret_key) for r in rows]
+
+
+def keep_s3_identity(connection: Connection, identity: S3Identity, now: float) -> S3Identity:
+    """Store it, unless another server stored one for the user first: then that one is returned."""
+    held = s3_identity(connection, identity.user)
+    if held is not None:
+        return held
+    connection.execute(
+        insert(s3_identities).values(
+            user=identity.user,
+            iam_user=identity.iam_user,
+            access_key=identity.access_key,
+            secret_key=identity.secret_key,
+            created_at=now,
+        )
+    )
+    return identity
+
+
+def forget_s3_identity(connection: Connection, user: str) -> None:
+    connection.execute(delete(s3_identities).where(s3_identities.c.user == user))

@@ -95,3 +95,14 @@ buckets = Table(
     Column("allowed_users", Text, nullable=False),  # JSON list of user names
     Column("created_at", Float, nullable=False),
 )
+
+# S3 keys issued to a user through the store's IAM API, limited to the buckets they may use.
+s3_identities = Table(
+    "s3_identities",
+    metadata,
+    Column("user", String(255), primary_key=True),
+    Column("iam_user", String(64), nullable=False),
+    Column("access_key", String(128), nullable=False),
+    Column("secret_key", String(255), nullable=False),  # the store needs it in clear to sign
+    Column("created_at", Float, nullable=False),
+)

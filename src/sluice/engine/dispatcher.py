@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sluice.db import jobs as job_sql
 from sluice.db.database import Database
@@ -42,7 +41,6 @@ class Dispatcher:
         worker_id: str,
         slots: int,
         lease: float,
-        work_root: Path,
         default_timeout: float,
         log_limit: int,
         retry: RetryStrategy,
@@ -55,7 +53,6 @@ class Dispatcher:
         self.worker_id = worker_id
         self.slots = slots
         self.lease = lease
-        self.work_root = work_root
         self.default_timeout = default_timeout
         self.log_limit = log_limit
         self.retry = retry
@@ -82,10 +79,8 @@ class Dispatcher:
         task.cancel()
         return True
 
-    async def start(self) -> None:
-        if self.slots > 0:
-            await self.executor.start()  # e.g. removes containers a killed server left
-        self.workspaces = WorkspacePool(self.work_root)
+    async def start(self, workspaces: WorkspacePool) -> None:
+        self.workspaces = workspaces
         self.recorder = Recorder(self.db)
         # A single-node (SQLite) server owns every job: what was running when it stopped died with it.
         requeued = await self.db.call_relaxed(

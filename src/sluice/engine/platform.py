@@ -31,14 +31,18 @@ from sluice.engine.catalog import ServiceCatalog
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.reconciler import Reconciler
 from sluice.engine.retry import RetryStrategy
-from sluice.errors import Conflict, Forbidden, JobNotFound, ServiceNotFound, SluiceError
+from sluice.engine.sync import Reply, SyncRunner
+from sluice.errors import Conflict, Forbidden, JobNotFound, Overloaded, ServiceNotFound, SluiceError
 from sluice.executors.base import Executor
 from sluice.runtime.invocation import EVENT_TIME_FORMAT, event_for
+from sluice.runtime.workspace import WorkspacePool
 from sluice.settings import Settings
 from sluice.spec.service import ServiceSpec
 from sluice.storage.base import ObjectInfo, StorageProvider
 from sluice.storage.events import ObjectCreated, minio_records
+from sluice.storage.iam import S3Iam
 from sluice.storage.registry import StorageRouter, split_path
+from sluice.storage.s3 import S3Storage
 
 log = logging.getLogger("sluice.platform")
 
@@ -65,16 +69,29 @@ class Platform:
             worker_id=self.worker_id,
             slots=settings.workers,
             lease=settings.lease_seconds,
-            work_root=settings.data_dir / "work",
             default_timeout=settings.job_timeout,
             log_limit=settings.log_limit,
             retry=RetryStrategy(settings.retry_base_delay, settings.retry_max_delay),
         )
         self.acceptor = Acceptor(db, on_commit=self.dispatcher.wake)
+        store = storage.default
+        # Per-user S3 keys need an IAM API on the store; without one users get the endpoint only.
+        self.iam = S3Iam(store) if settings.s3_user_credentials and isinstance(store, S3Storage) else None
         self.reconciler = Reconciler(self, interval=settings.reconcile_interval)
 
     async def start(self) -> None:
-        await self.dispatcher.start()
+        if self.settings.workers > 0:
+            await self.executor.start()  # e.g. removes containers a killed server left
+        workspaces = WorkspacePool(self.settings.data_dir / "work")
+        self.sync = SyncRunner(
+            storage=self.storage,
+            executor=self.executor,
+            workspaces=workspaces,
+            default_timeout=self.settings.job_timeout,
+            log_limit=self.settings.log_limit,
+            max_waiting=self.settings.sync_max_waiting,
+        )
+        await self.dispatcher.start(workspaces)
         self.reconciler.start()
 
     async def stop(self) -> None:
@@ -174,6 +191,7 @@ class Platform:
             make_folder = getattr(provider, "make_folder", None)
             if folder and make_folder is not None:
                 await make_folder(bucket, folder)
+        await self._rescope_s3_keys()
 
     # buckets
 
@@ -193,6 +211,7 @@ class Platform:
             accounts.claim_bucket, BucketRecord(bucket, caller.name, visibility, tuple(allowed)), time.time()
         )
         await self.default_store().create_bucket(bucket)
+        await self._rescope_s3_keys()
 
     async def set_bucket_visibility(self, bucket: str, visibility: str, allowed: Sequence[str]) -> None:
         record = await self.bucket_record(bucket)
@@ -204,10 +223,56 @@ class Platform:
             )
         else:
             await self.db.call(accounts.set_bucket_visibility, bucket, visibility, list(allowed))
+        await self._rescope_s3_keys()
 
     async def delete_bucket(self, bucket: str) -> None:
         await self.default_store().delete_bucket(bucket, force=True)
         await self.db.call(accounts.forget_bucket, bucket)
+        await self._rescope_s3_keys()
+
+    # S3 credentials for S3 tools (what /system/config hands out)
+
+    async def s3_keys_for(self, caller: Caller) -> tuple[str, str] | None:
+        """Keys to the platform's S3 store: the store's own for the admin; for a user, keys that
+        open only the buckets they may use (issued once, their scope refreshed on every call)."""
+        store = self.storage.default
+        if not isinstance(store, S3Storage):
+            return None
+        if caller.is_admin:
+            return store.access_key, store.secret_key
+        if self.iam is None:
+            return None
+        identity = await self.db.call(accounts.s3_identity, caller.name)
+        if identity is None:
+            issued = await self.iam.create(caller.name)
+            identity = await self.db.call(accounts.keep_s3_identity, issued, time.time())
+            if identity != issued:  # another server issued keys first: keep theirs only
+                await self.iam.remove_key(issued)
+        await self.iam.grant(identity, await self._usable_buckets(caller))
+        return identity.access_key, identity.secret_key
+
+    async def forget_user(self, name: str) -> None:
+        """After an account is removed: its S3 keys stop working."""
+        identity = await self.db.call(accounts.s3_identity, name)
+        if identity is not None and self.iam is not None:
+            await self.iam.remove(identity)
+        await self.db.call(accounts.forget_s3_identity, name)
+
+    async def _usable_buckets(self, caller: Caller) -> list[str]:
+        return [b.name for b in await self.db.call(accounts.all_buckets) if can_use_bucket(caller, b)]
+
+    async def _rescope_s3_keys(self) -> None:
+        """Who may use which bucket changed: rewrite every issued key's scope.
+
+        Group-based sharing is applied when the user next asks /system/config (groups come with
+        their token, not stored here)."""
+        if self.iam is None:
+            return
+        for identity in await self.db.call(accounts.all_s3_identities):
+            try:
+                await self.iam.grant(identity, await self._usable_buckets(Caller(identity.user)))
+            except SluiceError as exc:
+                log.warning("could not update the S3 keys of %s: %s", identity.user, exc.message)
 
     # objects and events
 
@@ -284,6 +349,14 @@ class Platform:
             payload=body,
         )
         return await self.acceptor.enqueue([new])
+
+    # synchronous calls
+
+    async def run(self, record: ServiceRecord, body: bytes, *, raw_input: bool, raw_output: bool) -> Reply:
+        """`POST /run/{name}`: run the script on `body` now and answer with its outputs."""
+        if self.settings.workers == 0:
+            raise Overloaded("this server runs no invocations (--workers 0); call a worker server", 30)
+        return await self.sync.run(record, body, raw_input=raw_input, raw_output=raw_output)
 
     # jobs
 

@@ -56,11 +56,28 @@ class ContainerExecutor:
         (e.g. `--runtime /usr/sbin/runc`); `owner` labels this server's containers."""
         if shutil.which(engine) is None:
             raise ExecutorError(f"container engine '{engine}' was not found (install it or give its path)")
+        if auth_file is not None and not auth_file.is_file() and not Path(engine).name.startswith("docker"):
+            raise ExecutorError(f"registry auth file {auth_file} does not exist")
         self.engine = engine
         self.flavour = "docker" if Path(engine).name.startswith("docker") else "podman"
         self._base = [engine, *engine_args]
         self.owner = owner
         self.auth_file = auth_file
+        # Asked once, at construction, so a broken engine stops `sluice serve` with a clear message.
+        try:
+            version = subprocess.run(
+                [*self._base, "version", "--format", "{{.Client.Version}}"],
+                capture_output=True,
+                text=True,
+                timeout=ENGINE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise ExecutorError(
+                f"container engine '{engine}' did not answer within {ENGINE_TIMEOUT:g} s"
+            ) from None
+        if version.returncode != 0:
+            raise ExecutorError(f"container engine '{engine}' does not work: {_last_line(version)}")
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluice-ctr")
         self.capabilities = Capabilities(
             runs_images=True, limits_memory=True, limits_cpu=True, gpus=self._host_has_gpus()
@@ -70,10 +87,7 @@ class ContainerExecutor:
         return f"container ({Path(self.engine).name})"
 
     async def start(self) -> None:
-        """Check the engine answers, then remove containers a previous run of this server left."""
-        version = await self._housekeeping("version", "--format", "{{.Client.Version}}")
-        if version.returncode != 0:
-            raise ExecutorError(f"container engine '{self.engine}' does not work: {_last_line(version)}")
+        """Remove the containers a previous run of this server left (killed, it could not)."""
         removed = await self.remove_strays()
         if removed:
             log.warning("removed %d containers left by a previous run", removed)
@@ -82,7 +96,7 @@ class ContainerExecutor:
         listed = await self._housekeeping("ps", "-aq", "--filter", f"label={OWNER_LABEL}={self.owner}")
         ids = listed.stdout.split()
         if ids:
-            await self._housekeeping("rm", "-f", *ids)
+            await self._housekeeping(*self._remove(*ids))
         return len(ids)
 
     async def run(self, invocation: Invocation) -> Completed:
@@ -112,13 +126,13 @@ class ContainerExecutor:
         try:
             exit_code, timed_out = await asyncio.shield(running)
             if timed_out:
-                await self._housekeeping("rm", "-f", "-t", "0", name)
+                await self._housekeeping(*self._remove(name))
                 await loop.run_in_executor(self._threads, _reap, spawned[0])
         except BaseException:
             # Cancelled (the job was cancelled, the server is stopping): the container goes, not
             # only the engine's client process, which then ends by itself.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._housekeeping("rm", "-f", "-t", "0", name))
+                await asyncio.shield(self._housekeeping(*self._remove(name)))
             with contextlib.suppress(Exception):
                 await running
             raise
@@ -168,6 +182,11 @@ class ContainerExecutor:
         if self.auth_file is not None and self.flavour == "podman":
             argv += ["--authfile", str(self.auth_file)]
         return [*argv, invocation.image, *invocation.argv]
+
+    def _remove(self, *containers: str) -> list[str]:
+        """Arguments that kill and remove containers at once (podman's `rm -f` would first wait
+        out a 10 s stop timeout; docker's kills straight away and has no `-t`)."""
+        return ["rm", "-f", *(["-t", "0"] if self.flavour == "podman" else []), *containers]
 
     async def _housekeeping(self, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [*self._base, *args]

@@ -14,11 +14,12 @@ import binascii
 import contextlib
 import json
 import os
+import re
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from sluice.executors.base import Completed, Executor, Invocation
 from sluice.runtime.workspace import Workspace
@@ -26,6 +27,8 @@ from sluice.spec.service import ServiceSpec
 from sluice.storage.base import join_key
 from sluice.storage.registry import StorageRouter, split_path
 
+# `name=value&name=value`, printable ASCII: a dict that `requests` form-encoded.
+FORM_ENCODED = re.compile(rb"[!-%'-<>-~]+=[!-%'-~]*(&[!-%'-<>-~]+=[!-%'-~]*)*")
 EVENT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -39,12 +42,14 @@ class InvocationInput:
     event: str | None = None  # the event JSON, as the script will see it in $EVENT
     payload: bytes | None = None
     event_time: datetime | None = None
+    raw_payload: bool = False  # the payload is the input's bytes: no OSCAR base64 decoding
 
 
 @dataclass(frozen=True)
 class InvocationResult:
     completed: Completed
     outputs: list[str]  # "bucket/key" of every uploaded output
+    files: dict[str, bytes] = field(default_factory=dict)  # output name -> content, when captured
 
     @property
     def succeeded(self) -> bool:
@@ -63,11 +68,13 @@ async def invoke(
     default_timeout: float,
     log_limit: int,
     gate: AbstractAsyncContextManager[object] | None = None,
+    capture_outputs: bool = False,
 ) -> InvocationResult:
     """Run one invocation in `workspace` (empty folders, emptied again by its pool afterwards).
 
     `gate`, if given, is held only while the script runs (an execution slot): staging the input
-    and uploading outputs overlap with other jobs' scripts.
+    and uploading outputs overlap with other jobs' scripts. `capture_outputs` also returns the
+    output files' contents (a synchronous call answers with them).
     """
     input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
     env = _environment(trigger, spec, token, input_path, workspace.input_dir, workspace.output_dir)
@@ -87,8 +94,11 @@ async def invoke(
     )
     async with gate or contextlib.nullcontext():
         completed = await executor.run(invocation)
-    outputs = await _upload_outputs(spec, storage, workspace.output_dir) if completed.exit_code == 0 else []
-    return InvocationResult(completed, outputs)
+    if completed.exit_code != 0:
+        return InvocationResult(completed, [])
+    files = _read_outputs(workspace.output_dir) if capture_outputs else {}
+    outputs = await _upload_outputs(spec, storage, workspace.output_dir)
+    return InvocationResult(completed, outputs, files)
 
 
 async def _stage_input(
@@ -100,7 +110,8 @@ async def _stage_input(
         await provider.get(trigger.bucket, trigger.key, dest)
         return dest
     dest = input_dir / trigger.job_id  # unique, so outputs named after the input do not collide
-    dest.write_bytes(decode_payload(trigger.payload or b""))
+    payload = trigger.payload or b""
+    dest.write_bytes(payload if trigger.raw_payload else decode_payload(payload))
     return dest
 
 
@@ -114,7 +125,8 @@ def _input_provider(bucket: str, spec: ServiceSpec, storage: StorageRouter):  # 
 def decode_payload(body: bytes) -> bytes:
     """OSCAR's rule for a posted body: JSON is kept as-is, anything else is base64 and decoded.
 
-    A body that is neither (plain bytes sent by a newer client) is kept as-is rather than rejected.
+    A form-encoded body (what oscar-python sends for a dict input) becomes the JSON object it
+    stands for. A body that is none of these (plain bytes sent by a newer client) is kept as-is.
     """
     stripped = body.strip()
     if not stripped:
@@ -124,10 +136,32 @@ def decode_payload(body: bytes) -> bytes:
         return body
     except ValueError:
         pass
+    # Base64 has no '&' and '=' only as trailing padding; `key=` alone could be either: base64.
+    form = FORM_ENCODED.fullmatch(stripped) is not None
+    if form and (b"&" in stripped or b"=" in stripped.rstrip(b"=")):
+        return _form_as_json(stripped)
     try:
         return base64.b64decode(stripped, validate=True)
     except (binascii.Error, ValueError):
-        return body
+        pass
+    return _form_as_json(stripped) if form else body
+
+
+def _form_as_json(form: bytes) -> bytes:
+    return json.dumps(dict(parse_qsl(form.decode(), keep_blank_values=True))).encode()
+
+
+def _read_outputs(output_dir: Path) -> dict[str, bytes]:
+    return {name: (output_dir / name).read_bytes() for name in _output_names(output_dir)}
+
+
+def _output_names(output_dir: Path) -> list[str]:
+    """Every file under `output_dir`, as sorted '/'-separated relative names."""
+    return sorted(
+        os.path.relpath(os.path.join(dirpath, name), output_dir).replace(os.sep, "/")
+        for dirpath, _, names in os.walk(output_dir)
+        for name in names
+    )
 
 
 def _environment(
@@ -158,14 +192,8 @@ def _environment(
 
 
 async def _upload_outputs(spec: ServiceSpec, storage: StorageRouter, output_dir: Path) -> list[str]:
-    produced = sorted(
-        os.path.relpath(os.path.join(dirpath, name), output_dir)
-        for dirpath, _, names in os.walk(output_dir)
-        for name in names
-    )
     uploaded = []
-    for relative in produced:
-        relative = relative.replace(os.sep, "/")
+    for relative in _output_names(output_dir):
         targets = [io for io in spec.output if io.accepts(relative)]
         for index, io in enumerate(targets):
             bucket, folder = split_path(io.path)
