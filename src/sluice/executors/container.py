@@ -224,7 +224,10 @@ def _run_and_wait(
 ) -> tuple[int, bool]:
     """Run the engine's client in a worker thread; True if the timeout came first (still running)."""
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        # In the job's folder: conmon drops files (an `oom` marker) in its working directory.
+        process = subprocess.Popen(
+            argv, cwd=log_path.parent, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        )
     spawned.append(process)
     try:
         return process.wait(timeout), False
