@@ -12,6 +12,7 @@ from sluice import __version__
 from sluice.api import buckets, events, jobs, run, services, system, users
 from sluice.api.auth import Authenticator
 from sluice.api.errors import install_error_handlers
+from sluice.api.gateway import RunGateway
 from sluice.api.oidc import OidcVerifier
 from sluice.api.signing import UrlSigner, load_key
 from sluice.db.database import Database
@@ -59,6 +60,8 @@ def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ())
     app.state.auth = Authenticator(settings.admin_user, password, db, oidc)
     app.state.signer = UrlSigner(load_key(settings.data_dir), settings.base_url)
     install_error_handlers(app)
+    # Calls to handler services skip FastAPI's routing (see gateway.py); everything else goes on.
+    app.add_middleware(RunGateway, platform=platform, auth=app.state.auth, max_body=settings.max_body)
     for module in (system, services, jobs, run, buckets, events, users):
         app.include_router(module.router)
     app.include_router(system.fallback_router)

@@ -96,12 +96,17 @@ async def invocable_service(request: Request, name: str) -> ServiceRecord:
 
 async def check_invocation(request: Request, service: ServiceRecord) -> Caller:
     """For /job and /run: the service's own token, or a caller allowed to use the service."""
-    header = request.headers.get("authorization")
+    return await authorize_invocation(request.app.state.auth, request.headers.get("authorization"), service)
+
+
+async def authorize_invocation(auth: Authenticator, header: str | None, service: ServiceRecord) -> Caller:
+    """The check behind `check_invocation`, given the Authorization header (the /run fast path has
+    no Request object)."""
     given = bearer(header)
     if given is not None and hmac.compare_digest(given.encode(), service.token.encode()):
         return Caller("service-token")
     try:
-        caller = await request.app.state.auth.authenticate(header)
+        caller = await auth.authenticate(header)
     except Unauthorized:
         if given is not None:
             raise Unauthorized("invalid token for this service") from None

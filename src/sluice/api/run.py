@@ -12,12 +12,14 @@ from fastapi import APIRouter, Request, Response
 
 from sluice.api.auth import invocable_service
 from sluice.api.uploads import read_body
+from sluice.replicas.process import Call
 
 router = APIRouter(tags=["jobs"])
 
 # Bodies OSCAR's clients send as text: base64, JSON or a form. Any other declared type is bytes.
 TEXT_TYPES = ("", "text/plain", "application/json", "application/x-www-form-urlencoded")
 ANY_TYPE = ("", "*/*", "text/plain", "text/*")
+PRIVATE_HEADERS = frozenset({"authorization", "cookie"})  # never handed to a handler
 
 
 @router.post(
@@ -38,13 +40,19 @@ async def run_service(name: str, request: Request, raw: bool = False) -> Respons
     """
     record = await invocable_service(request, name)
     body = await read_body(request, request.app.state.settings.max_body)
+    call = Call(
+        body,
+        request.headers.get("content-type", ""),
+        {k: v for k, v in request.headers.items() if k not in PRIVATE_HEADERS},
+        dict(request.query_params),
+    )
     reply = await request.app.state.platform.run(
         record,
-        body,
-        raw_input=_media_type(request.headers.get("content-type")) not in TEXT_TYPES,
+        call,
+        raw_input=_media_type(call.content_type) not in TEXT_TYPES,
         raw_output=raw or _wants_raw(request.headers.get("accept")),
     )
-    return Response(reply.body, media_type=reply.content_type)
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
 
 def _media_type(header: str | None) -> str:

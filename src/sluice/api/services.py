@@ -90,3 +90,14 @@ async def delete_service(
     await managed_service(platform, caller, name)
     await platform.delete_service(name, purge=purge)
     return Response(status_code=204)
+
+
+@router.get("/v1/services/{name}/replicas", tags=["services"])
+async def service_replicas(
+    name: str, request: Request, caller: Caller = Depends(require_user)
+) -> dict[str, Any]:
+    """A handler service's warm replicas: each one's state and load, calls waiting, cold starts
+    (and how long the last took), calls and failures, the last error."""
+    platform = request.app.state.platform
+    record = await visible_service(platform, caller, name)
+    return {"service": name, **platform.replica_status(record)}

@@ -381,6 +381,34 @@ def jobs(
 
 
 @app.command()
+def replicas(ctx: typer.Context, service: str) -> None:
+    """Show a handler service's warm replicas: state, calls in flight and waiting, cold starts."""
+    with _session(ctx) as client:
+        status = client.replicas(service)
+    table = Table("replica", "pid", "state", "in flight", "idle (s)")
+    for replica in status["replicas"]:
+        idle = replica["idle_seconds"]
+        table.add_row(
+            str(replica["id"]), str(replica["pid"]), replica["state"], str(replica["in_flight"]),
+            "-" if idle is None else f"{idle:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    scaling = status["scaling"]
+    cold = status["last_cold_start_seconds"]
+    console.print(
+        f"{status['ready']} ready, {status['starting']} starting, {status['waiting']} waiting; "
+        f"scale {scaling['min_scale']}..{scaling['max_scale']}, {scaling['concurrency']} calls per replica, "
+        f"idle timeout {scaling['idle_timeout']:g} s"
+    )
+    console.print(
+        f"{status['calls']} calls, {status['failures']} failed, {status['cold_starts']} cold starts"
+        + (f" (last {cold * 1000:.0f} ms)" if cold is not None else "")
+    )
+    if status["last_error"]:
+        console.print(f"last error: {status['last_error']}")
+
+
+@app.command()
 def logs(ctx: typer.Context, service: str, job: str) -> None:
     """Print a job's log (the script's stdout and stderr)."""
     with _session(ctx) as client:

@@ -138,6 +138,10 @@ class AsyncClient:
         specs = parse_fdl(path.read_text(), base_dir=path.parent, source=str(path))
         return [(spec.name, await self.apply_spec(spec)) for spec in specs]
 
+    async def replicas(self, name: str) -> Record:
+        """A handler service's replicas: state, load, queue, cold starts, last error."""
+        return Record((await self._request("GET", f"/v1/services/{name}/replicas")).json())
+
     async def delete_service(self, name: str, purge: bool = False) -> None:
         await self._request("DELETE", f"/system/services/{name}", params={"purge": "true"} if purge else None)
 

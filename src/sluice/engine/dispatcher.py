@@ -22,7 +22,8 @@ from sluice.engine.recorder import Recorder
 from sluice.engine.retry import RetryStrategy
 from sluice.errors import SluiceError
 from sluice.executors.base import Executor
-from sluice.runtime.invocation import InvocationInput, invoke
+from sluice.replicas.manager import ReplicaManager
+from sluice.runtime.invocation import InvocationInput, invoke, invoke_handler
 from sluice.runtime.workspace import WorkspacePool
 from sluice.storage.registry import StorageRouter
 
@@ -38,6 +39,7 @@ class Dispatcher:
         catalog: ServiceCatalog,
         storage: StorageRouter,
         executor: Executor,
+        replicas: ReplicaManager,
         worker_id: str,
         slots: int,
         lease: float,
@@ -50,6 +52,7 @@ class Dispatcher:
         self.catalog = catalog
         self.storage = storage
         self.executor = executor
+        self.replicas = replicas
         self.worker_id = worker_id
         self.slots = slots
         self.lease = lease
@@ -163,18 +166,28 @@ class Dispatcher:
         )
         workspace = await self.workspaces.acquire()
         try:
-            result = await invoke(
-                trigger,
-                record.spec,
-                record.token,
-                storage=self.storage,
-                executor=self.executor,
-                workspace=workspace,
-                script=self.workspaces.script(record.spec.script),
-                default_timeout=self.default_timeout,
-                log_limit=self.log_limit,
-                gate=self._slots,
-            )
+            if record.spec.handler:  # to the service's warm replicas, as its calls go
+                result = await invoke_handler(
+                    trigger,
+                    record.spec,
+                    storage=self.storage,
+                    workspace=workspace,
+                    call=self.replicas.caller(record),
+                    gate=self._slots,
+                )
+            else:
+                result = await invoke(
+                    trigger,
+                    record.spec,
+                    record.token,
+                    storage=self.storage,
+                    executor=self.executor,
+                    workspace=workspace,
+                    script=self.workspaces.script(record.spec.script),
+                    default_timeout=self.default_timeout,
+                    log_limit=self.log_limit,
+                    gate=self._slots,
+                )
         except SluiceError as exc:  # e.g. the input object vanished, a store is unreachable
             await self._record_failure(job, None, "", exc.message)
             return

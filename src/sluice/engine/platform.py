@@ -32,8 +32,18 @@ from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.reconciler import Reconciler
 from sluice.engine.retry import RetryStrategy
 from sluice.engine.sync import Reply, SyncRunner
-from sluice.errors import Conflict, Forbidden, JobNotFound, Overloaded, ServiceNotFound, SluiceError
+from sluice.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    JobNotFound,
+    Overloaded,
+    ServiceNotFound,
+    SluiceError,
+)
 from sluice.executors.base import Executor
+from sluice.replicas.manager import ReplicaManager
+from sluice.replicas.process import Call
 from sluice.runtime.invocation import EVENT_TIME_FORMAT, event_for
 from sluice.runtime.workspace import WorkspacePool
 from sluice.settings import Settings
@@ -61,11 +71,17 @@ class Platform:
         self.executor = executor
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self.catalog = ServiceCatalog(db)
+        self.replicas = ReplicaManager(
+            settings.data_dir / "replicas",
+            default_timeout=settings.job_timeout,
+            max_waiting=settings.sync_max_waiting,
+        )
         self.dispatcher = Dispatcher(
             db=db,
             catalog=self.catalog,
             storage=storage,
             executor=executor,
+            replicas=self.replicas,
             worker_id=self.worker_id,
             slots=settings.workers,
             lease=settings.lease_seconds,
@@ -93,10 +109,14 @@ class Platform:
         )
         await self.dispatcher.start(workspaces)
         self.reconciler.start()
+        if self.settings.workers > 0:
+            for record in await self.catalog.all():
+                self.replicas.warm(record)  # min_scale replicas up before the first call
 
     async def stop(self) -> None:
         await self.reconciler.stop()
         await self.dispatcher.stop()
+        await self.replicas.stop()
 
     # services
 
@@ -121,7 +141,7 @@ class Platform:
                 raise Conflict(f"service '{spec.name}' already exists; update it with PUT") from None
             raise exc
         self.catalog.invalidate(spec.name)
-        return await self.get_service(spec.name)
+        return self._warmed(await self.get_service(spec.name))
 
     async def update_service(self, spec: ServiceSpec, caller: Caller) -> ServiceRecord:
         stored = await self.get_service(spec.name)
@@ -130,7 +150,12 @@ class Platform:
         if not await self.db.call(service_sql.replace, spec, time.time()):
             raise ServiceNotFound(spec.name)
         self.catalog.invalidate(spec.name)
-        return await self.get_service(spec.name)
+        return self._warmed(await self.get_service(spec.name))
+
+    def _warmed(self, record: ServiceRecord) -> ServiceRecord:
+        if self.settings.workers > 0:
+            self.replicas.warm(record)
+        return record
 
     async def apply_service(self, spec: ServiceSpec, owner: Caller) -> tuple[ServiceRecord, bool]:
         """Create the service, or update it if it exists; True when created."""
@@ -147,6 +172,7 @@ class Platform:
 
         await self.db.call(remove)
         self.catalog.invalidate(name)
+        self.replicas.drop(name)
         if purge:
             shared = {
                 split_path(io.path)[0]
@@ -352,11 +378,21 @@ class Platform:
 
     # synchronous calls
 
-    async def run(self, record: ServiceRecord, body: bytes, *, raw_input: bool, raw_output: bool) -> Reply:
-        """`POST /run/{name}`: run the script on `body` now and answer with its outputs."""
+    async def run(self, record: ServiceRecord, call: Call, *, raw_input: bool, raw_output: bool) -> Reply:
+        """`POST /run/{name}`: a handler service's warm replica answers; a script service runs its
+        script on the body now and answers with its outputs."""
         if self.settings.workers == 0:
             raise Overloaded("this server runs no invocations (--workers 0); call a worker server", 30)
-        return await self.sync.run(record, body, raw_input=raw_input, raw_output=raw_output)
+        if record.spec.handler:
+            answer, _ = await self.replicas.pool_for(record).call(call)
+            return Reply(answer.body, answer.content_type, answer.status)
+        return await self.sync.run(record, call.body, raw_input=raw_input, raw_output=raw_output)
+
+    def replica_status(self, record: ServiceRecord) -> dict[str, Any]:
+        """The replicas of a handler service: counts, load, cold starts, the last error."""
+        if not record.spec.handler:
+            raise InvalidInput(f"service '{record.spec.name}' runs a script: it has no replicas")
+        return self.replicas.status(record.spec.name) or self.replicas.pool_for(record).status()
 
     # jobs
 

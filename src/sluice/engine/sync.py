@@ -38,6 +38,7 @@ FAILURE_LOG_TAIL = 4000  # characters of the script's output a failed call answe
 class Reply:
     body: bytes
     content_type: str
+    status: int = 200
 
 
 class _Gate:

@@ -13,8 +13,10 @@ import base64
 import binascii
 import contextlib
 import json
+import mimetypes
 import os
 import re
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +101,46 @@ async def invoke(
     files = _read_outputs(workspace.output_dir) if capture_outputs else {}
     outputs = await _upload_outputs(spec, storage, workspace.output_dir)
     return InvocationResult(completed, outputs, files)
+
+
+# A handler's answer to one input: (HTTP-like status, content type, body).
+HandlerCall = Callable[[bytes, str], Awaitable[tuple[int, str, bytes]]]
+
+
+async def invoke_handler(
+    trigger: InvocationInput,
+    spec: ServiceSpec,
+    *,
+    storage: StorageRouter,
+    workspace: Workspace,
+    call: HandlerCall,
+    gate: AbstractAsyncContextManager[object] | None = None,
+) -> InvocationResult:
+    """A job of a handler service: the input goes to a warm replica instead of a script, and the
+    answer becomes one output, named after the input with the answer's extension
+    (`digit-7.csv` answered with JSON -> `digit-7.json`). Failures raise (SluiceError)."""
+    input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
+    data = input_path.read_bytes()
+    if trigger.key:
+        content_type = mimetypes.guess_type(input_path.name)[0] or "application/octet-stream"
+    else:
+        content_type = "application/json" if _is_json(data) else "application/octet-stream"
+    async with gate or contextlib.nullcontext():
+        status, answer_type, body = await call(data, content_type)
+    extension = mimetypes.guess_extension(answer_type.split(";")[0].strip()) or ".bin"
+    name = PurePosixPath(input_path.name).stem + extension
+    (workspace.output_dir / name).write_bytes(body)
+    outputs = await _upload_outputs(spec, storage, workspace.output_dir)
+    note = f"{spec.handler} answered {status} ({answer_type}, {len(body)} bytes) -> {name}\n"
+    return InvocationResult(Completed(exit_code=0, output=note), outputs)
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False
 
 
 async def _stage_input(

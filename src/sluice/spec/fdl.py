@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sluice.errors import SpecError
+from sluice.spec.code import pack_code
 from sluice.spec.service import ServiceSpec
 
 FDL_TOP_LEVEL = ("functions", "storage_providers", "clusters")
@@ -92,11 +93,20 @@ def parse_fdl(text: str, base_dir: Path | None = None, source: str = "FDL") -> l
             fields["script"] = _read_script(
                 base_dir, fields["script"], f"{where}.{cluster_id}.script", source
             )
+        if isinstance(fields.get("code"), str) and base_dir is not None:
+            fields["code"] = _pack(base_dir, fields["code"], f"{where}.{cluster_id}.code", source)
         if shared_providers and not fields.get("storage_providers"):
             fields["storage_providers"] = shared_providers
         fields.setdefault("cluster_id", str(cluster_id))
         services.append(parse_service(fields, f"{source} {where}"))
     return services
+
+
+def _pack(base_dir: Path, value: str, where: str, source: str) -> str:
+    try:
+        return pack_code((base_dir / value).resolve())
+    except (OSError, ValueError) as exc:
+        raise SpecError([f"{where}: {exc}"], source) from None
 
 
 def _read_script(base_dir: Path, value: Any, where: str, source: str) -> str:

@@ -12,7 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sluice.spec.code import check_code
+
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+ENTRY_POINT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
+HANDLER_SCRIPT = "# A handler service: calls and files go to its handler in warm replicas.\n"
 QUANTITY_PATTERN = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
 QUANTITY_FACTORS = {
     "": 1,
@@ -124,7 +128,19 @@ def _scalar_text(value: Any) -> Any:
 
 class Synchronous(_Strict):
     min_scale: int = Field(default=0, ge=0)
-    max_scale: int = Field(default=0, ge=0)
+    max_scale: int = Field(default=0, ge=0, description="0: as many replicas as the machine has cores")
+    # Sluice extensions.
+    concurrency: int = Field(default=1, ge=1, le=1024, description="calls one replica takes at once")
+    idle_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a replica above min_scale may idle before it stops"
+    )
+
+
+class Batch(_Strict):
+    """Adaptive batching for handler services (Sluice extension): the handler gets a list."""
+
+    max_size: int = Field(ge=1, le=4096)
+    max_wait_ms: float = Field(default=5.0, ge=0, le=60_000)
 
 
 class Expose(_Loose):
@@ -194,6 +210,12 @@ class ServiceSpec(_Strict):
     timeout: float | None = Field(default=None, gt=0, description="seconds before a job is killed")
     max_retries: int = Field(default=0, ge=0, le=100, description="re-runs of a failed job")
     network: bool = Field(default=True, description="false: the container runs with no network")
+    handler: str | None = Field(default=None, description="module:function answering calls in warm replicas")
+    init: str | None = Field(
+        default=None, description="module:function run once per replica (load the model)"
+    )
+    code: str | None = Field(default=None, description="the handler's code folder, a base64 zip")
+    batch: Batch | None = None
     image_pull_policy: Literal["always", "if-not-present", "never"] = Field(
         default="if-not-present", description="when the container executor pulls the image"
     )
@@ -259,6 +281,35 @@ class ServiceSpec(_Strict):
         if isinstance(value, str):
             memory_bytes(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _handler_needs_no_script(cls, data: Any) -> Any:
+        # OSCAR requires a script; a handler service runs none, so it gets a placeholder.
+        if isinstance(data, dict) and data.get("handler") and not data.get("script"):
+            data = {**data, "script": HANDLER_SCRIPT}
+        return data
+
+    @field_validator("code")
+    @classmethod
+    def _code_archive(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_code(value)
+        return value
+
+    @field_validator("handler", "init")
+    @classmethod
+    def _entry_point(cls, value: str | None) -> str | None:
+        if value is not None and not ENTRY_POINT.fullmatch(value):
+            raise ValueError(f"'{value}' must name a function as 'package.module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _handler_extras_need_a_handler(self) -> ServiceSpec:
+        for extra in ("init", "code", "batch"):
+            if getattr(self, extra) is not None and self.handler is None:
+                raise ValueError(f"'{extra}' only applies to handler services: set 'handler' too")
+        return self
 
     @field_validator("image_pull_policy", mode="before")
     @classmethod

@@ -1,0 +1,212 @@
+"""A replica: one process that loads a handler service's code once and answers calls until its
+socket closes. Started by the server as
+
+    python -m sluice.replicas.child --fd 3 --handler model:predict [--init model:load]
+        [--code-dir DIR] [--batch-size 8 --batch-wait-ms 5]
+
+It imports only the standard library and `sluice.handler`/`sluice.replicas.wire`, so it starts in
+tens of milliseconds plus whatever the service's own imports and `init` take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import select
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from sluice.handler import HTTPError, Request, Response
+from sluice.replicas import wire
+
+RECV_SIZE = 256 * 1024
+
+
+class Frames:
+    """Frames read from a blocking socket, with a wait bounded in time when asked."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def next(self, timeout: float | None = None) -> tuple[int, int, dict[str, Any], bytes] | None:
+        """The next whole frame; None if `timeout` passed first. Raises EOFError when the server left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._parse()
+            if frame is not None:
+                return frame
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+                    return None
+            chunk = self.sock.recv(RECV_SIZE)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+
+    def _parse(self) -> tuple[int, int, dict[str, Any], bytes] | None:
+        if len(self.buffer) < wire.HEADER.size:
+            return None
+        call_id, kind, meta_len, body_len = wire.HEADER.unpack_from(self.buffer)
+        end = wire.HEADER.size + meta_len + body_len
+        if len(self.buffer) < end:
+            return None
+        meta = wire.decode_meta(bytes(self.buffer[wire.HEADER.size : wire.HEADER.size + meta_len]))
+        body = bytes(self.buffer[wire.HEADER.size + meta_len : end])
+        del self.buffer[:end]
+        return call_id, kind, meta, body
+
+
+def load(entry_point: str) -> Callable[..., Any]:
+    module_name, _, function = entry_point.partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def answer(result: Any) -> tuple[int, str, bytes]:
+    """(status, content type, body) for whatever a handler returned."""
+    if isinstance(result, Response):
+        body = result.body.encode() if isinstance(result.body, str) else bytes(result.body)
+        return result.status, result.content_type, body
+    if isinstance(result, bytes | bytearray | memoryview):
+        return 200, "application/octet-stream", bytes(result)
+    if isinstance(result, str):
+        return 200, "text/plain; charset=utf-8", result.encode()
+    if result is None:
+        return 200, "text/plain; charset=utf-8", b""
+    if hasattr(result, "tolist"):  # numpy arrays and scalars
+        result = result.tolist()
+    return 200, "application/json", json.dumps(result, default=_jsonable).encode()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"the handler returned a {type(value).__name__}, which is not JSON")
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, HTTPError):
+        return {"status": exc.status, "error": exc.message}
+    return {"status": 500, "error": f"the handler failed: {type(exc).__name__}: {exc}"}
+
+
+class Replica:
+    def __init__(self, sock: socket.socket, handler: Callable[..., Any], state: Any) -> None:
+        self.sock = sock
+        self.frames = Frames(sock)
+        self.handler = handler
+        self.state = state
+        self._loop: asyncio.AbstractEventLoop | None = None  # for async handlers, made on first use
+
+    def serve(self, batch_size: int, batch_wait: float) -> None:
+        while True:
+            try:
+                first = self.frames.next()
+            except EOFError:
+                return
+            if first is None:
+                continue
+            if batch_size <= 1:
+                self._one(first)
+                continue
+            batch = [first]
+            deadline = time.monotonic() + batch_wait
+            while len(batch) < batch_size:
+                try:
+                    frame = self.frames.next(max(0.0, deadline - time.monotonic()))
+                except EOFError:
+                    break
+                if frame is None:
+                    break
+                batch.append(frame)
+            self._batch(batch)
+
+    def _request(self, meta: dict[str, Any], body: bytes) -> Request:
+        return Request(
+            body=body,
+            content_type=meta.get("content_type", ""),
+            headers=meta.get("headers", {}),
+            params=meta.get("params", {}),
+            state=self.state,
+        )
+
+    def _call(self, argument: Any) -> Any:
+        result = self.handler(argument)
+        if inspect.isawaitable(result):
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            result = self._loop.run_until_complete(result)
+        return result
+
+    def _one(self, frame: tuple[int, int, dict[str, Any], bytes]) -> None:
+        call_id, _, meta, body = frame
+        try:
+            status, content_type, data = answer(self._call(self._request(meta, body)))
+        except Exception as exc:
+            self._send(wire.encode(call_id, wire.ERROR, failure(exc)))
+            return
+        self._send(wire.encode(call_id, wire.RESULT, {"status": status, "content_type": content_type}, data))
+
+    def _batch(self, frames: list[tuple[int, int, dict[str, Any], bytes]]) -> None:
+        try:
+            results = list(self._call([self._request(meta, body) for _, _, meta, body in frames]))
+            if len(results) != len(frames):
+                raise ValueError(
+                    f"a batch handler must return one result per request ({len(frames)}), not {len(results)}"
+                )
+        except Exception as exc:
+            self._send(b"".join(wire.encode(call_id, wire.ERROR, failure(exc)) for call_id, *_ in frames))
+            return
+        out = []
+        for (call_id, *_), result in zip(frames, results, strict=True):
+            try:
+                status, content_type, data = answer(result)
+                out.append(
+                    wire.encode(call_id, wire.RESULT, {"status": status, "content_type": content_type}, data)
+                )
+            except Exception as exc:
+                out.append(wire.encode(call_id, wire.ERROR, failure(exc)))
+        self._send(b"".join(out))
+
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sluice.replicas.child")
+    parser.add_argument("--fd", type=int, required=True, help="the socket inherited from the server")
+    parser.add_argument("--handler", required=True)
+    parser.add_argument("--init")
+    parser.add_argument("--code-dir")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-wait-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    # The service's code comes first on the import path, then the replica's working folder.
+    for folder in (os.getcwd(), args.code_dir):
+        if folder:
+            sys.path.insert(0, folder)
+    try:
+        state = load(args.init)() if args.init else None
+        handler = load(args.handler)
+    except BaseException as exc:  # an import error, a missing model file, a SystemExit in init
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        traceback.print_exc()
+        sock.sendall(wire.encode(0, wire.INIT_FAILED, {"error": detail}))
+        return 1
+    sock.sendall(wire.encode(0, wire.READY, {"pid": os.getpid()}))
+    Replica(sock, handler, state).serve(args.batch_size, args.batch_wait_ms / 1000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

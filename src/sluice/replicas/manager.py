@@ -1,0 +1,129 @@
+"""The replica pools of every handler service on this server: made on first use, warmed to
+`min_scale` when a service is applied or the server starts, replaced when a service changes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sluice.db.services import ServiceRecord
+from sluice.executors.process import host_environment
+from sluice.replicas.pool import ReplicaPool, Scaling
+from sluice.replicas.process import Call, Launch
+from sluice.spec.code import unpack_code
+from sluice.spec.service import ServiceSpec
+
+
+class ReplicaManager:
+    def __init__(self, root: Path, *, default_timeout: float, max_waiting: int) -> None:
+        self.root = root
+        self.default_timeout = default_timeout
+        self.max_waiting = max_waiting
+        self._pools: dict[str, tuple[str, ReplicaPool]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def pool_for(self, record: ServiceRecord) -> ReplicaPool:
+        """The service's pool; a changed definition gets a fresh pool, the old one is drained."""
+        fingerprint = _fingerprint(record)
+        held = self._pools.get(record.spec.name)
+        if held is not None and held[0] == fingerprint:
+            return held[1]
+        if held is not None:
+            self._retire(held[1])
+        pool = ReplicaPool(record.spec.name, self._launch(record, fingerprint), self._scaling(record.spec))
+        self._pools[record.spec.name] = (fingerprint, pool)
+        return pool
+
+    def caller(self, record: ServiceRecord) -> Callable[[bytes, str], Awaitable[tuple[int, str, bytes]]]:
+        """A job's way to the service's replicas: (input, its content type) -> the answer."""
+        pool = self.pool_for(record)
+
+        async def call(data: bytes, content_type: str) -> tuple[int, str, bytes]:
+            answer, _ = await pool.call(Call(data, content_type))
+            return answer.status, answer.content_type, answer.body
+
+        return call
+
+    def warm(self, record: ServiceRecord) -> None:
+        """Start `min_scale` replicas now, so the first call finds one ready."""
+        if record.spec.handler:
+            self.pool_for(record).ensure_min()
+
+    def drop(self, name: str) -> None:
+        held = self._pools.pop(name, None)
+        if held is not None:
+            self._retire(held[1])
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        held = self._pools.get(name)
+        return held[1].status() if held else None
+
+    async def stop(self) -> None:
+        pools = [pool for _, pool in self._pools.values()]
+        self._pools.clear()
+        await asyncio.gather(*(pool.close() for pool in pools), *self._retired, return_exceptions=True)
+
+    def _retire(self, pool: ReplicaPool) -> None:
+        task = asyncio.get_running_loop().create_task(pool.close())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    def _scaling(self, spec: ServiceSpec) -> Scaling:
+        sync = spec.synchronous
+        concurrency = max(sync.concurrency, spec.batch.max_size if spec.batch else 1)
+        return Scaling(
+            min_scale=sync.min_scale,
+            max_scale=sync.max_scale or os.cpu_count() or 1,
+            concurrency=concurrency,
+            idle_timeout=sync.idle_timeout,
+            max_waiting=self.max_waiting,
+            timeout=spec.timeout or self.default_timeout,
+        )
+
+    def _launch(self, record: ServiceRecord, fingerprint: str) -> Launch:
+        spec = record.spec
+        assert spec.handler is not None
+        folder = self.root / spec.name / fingerprint[:16]
+        args = ["--handler", spec.handler]
+        if spec.init:
+            args += ["--init", spec.init]
+        if spec.code:
+            code = folder / "code"
+            if not code.is_dir():  # unpacked once per content, beside a half-written one never
+                staging = folder / f"code.{os.getpid()}.tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                unpack_code(spec.code, staging)
+                os.replace(staging, code)
+            args += ["--code-dir", str(code)]
+        if spec.batch:
+            args += [
+                "--batch-size",
+                str(spec.batch.max_size),
+                "--batch-wait-ms",
+                f"{spec.batch.max_wait_ms:g}",
+            ]
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {
+            **host_environment(),
+            **spec.environment.variables,
+            **spec.environment.secrets,
+            "OSCAR_SERVICE_NAME": spec.name,
+            "OSCAR_SERVICE_TOKEN": record.token,
+            "PYTHONUNBUFFERED": "1",
+        }
+        return Launch(
+            args=args, env=env, cwd=folder, memory_bytes=spec.memory_limit, log=folder / "replica.log"
+        )
+
+
+def _fingerprint(record: ServiceRecord) -> str:
+    """Whatever a running replica depends on: the definition (code included) and the token."""
+    data = record.spec.model_dump(mode="json", exclude_none=True)
+    data["token"] = record.token
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

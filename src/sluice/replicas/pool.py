@@ -1,0 +1,284 @@
+"""The replicas of one handler service, scaled with the load.
+
+A call takes a ready replica with a free slot (`concurrency` calls each; a batch's `max_size`
+with batching). With none free, it waits in a bounded line (`max_waiting`, beyond it 503) and
+the pool starts replicas, up to `max_scale`, for the calls in flight and waiting. A replica
+with no call for `idle_timeout` seconds stops while more than `min_scale` run; with
+`min_scale: 0` the last one stops too (scale to zero) and the next call waits for a cold start.
+A replica still starting is never reaped. A call past its timeout answers 504 and its replica
+is killed and replaced; a replica that dies fails its calls with 502 and is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sluice.errors import InvocationFailed, InvocationTimeout, Overloaded
+from sluice.replicas.process import (
+    DEAD,
+    READY,
+    STARTING,
+    Answer,
+    Call,
+    HandlerFailed,
+    Launch,
+    ReplicaGone,
+    ReplicaProcess,
+)
+
+log = logging.getLogger("sluice.replicas")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_scale: int
+    max_scale: int
+    concurrency: int
+    idle_timeout: float
+    max_waiting: int
+    timeout: float  # per call; also bounds a cold start
+
+
+@dataclass
+class Stats:
+    calls: int = 0
+    failures: int = 0
+    cold_starts: int = 0
+    last_cold_start_seconds: float | None = None
+    last_error: str | None = None
+
+
+class HandlerError(InvocationFailed):
+    """The handler refused or failed a call: its own status (4xx, 500) and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status
+
+
+class ReplicaPool:
+    def __init__(self, service: str, launch: Launch, scaling: Scaling) -> None:
+        self.service = service
+        self.launch = launch
+        self.scaling = scaling
+        self.replicas: list[ReplicaProcess] = []
+        self.stats = Stats()
+        self._waiters: collections.deque[asyncio.Future[ReplicaProcess]] = collections.deque()
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # calls
+
+    async def call(self, call: Call) -> tuple[Answer, float]:
+        """Answer one call; returns the answer and the seconds it waited for a replica."""
+        self._ensure_reaper()
+        arrived = time.monotonic()
+        deadline = arrived + self.scaling.timeout
+        replica = self._take_free()
+        if replica is None:
+            replica = await self._wait_for_replica(deadline)
+        waited = time.monotonic() - arrived
+        self.stats.calls += 1
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                return await replica.call(call), waited
+        except TimeoutError:
+            self.stats.failures += 1
+            self.stats.last_error = f"a call ran past the {self.scaling.timeout:g} s timeout"
+            replica.kill()  # it is stuck in the handler: the only way to free the slot
+            raise InvocationTimeout(
+                f"service '{self.service}' did not answer within its {self.scaling.timeout:g} s timeout"
+            ) from None
+        except ReplicaGone as exc:
+            self.stats.failures += 1
+            raise InvocationFailed(f"service '{self.service}': {exc}") from None
+        except HandlerFailed as exc:
+            self.stats.failures += 1
+            raise HandlerError(exc.status, exc.message) from None
+        finally:
+            self._release(replica)
+
+    def _take_free(self) -> ReplicaProcess | None:
+        best = None
+        for replica in self.replicas:
+            free = replica.state == READY and replica.in_flight < self.scaling.concurrency
+            if free and (best is None or replica.in_flight < best.in_flight):
+                best = replica
+        if best is not None:
+            best.in_flight += 1
+        return best
+
+    async def _wait_for_replica(self, deadline: float) -> ReplicaProcess:
+        if len(self._waiters) >= self.scaling.max_waiting:
+            raise Overloaded(
+                f"service '{self.service}' is busy: {self._in_flight()} calls running and "
+                f"{len(self._waiters)} waiting (the most allowed); retry later"
+            )
+        waiter: asyncio.Future[ReplicaProcess] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._scale_up()
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                return await waiter
+        except TimeoutError:
+            raise InvocationTimeout(
+                f"service '{self.service}' found no free replica in its {self.scaling.timeout:g} s timeout"
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _release(self, replica: ReplicaProcess) -> None:
+        replica.in_flight -= 1
+        replica.last_used = time.monotonic()
+        if replica.state == READY:
+            self._hand_over(replica)
+
+    def _hand_over(self, replica: ReplicaProcess) -> None:
+        """Give a replica's free slots to the calls waiting longest."""
+        while self._waiters and replica.in_flight < self.scaling.concurrency:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                replica.in_flight += 1
+                waiter.set_result(replica)
+
+    def _fail_waiters(self, message: str) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(InvocationFailed(f"service '{self.service}': {message}"))
+
+    def _in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas)
+
+    # scaling
+
+    def ensure_min(self) -> None:
+        """Start replicas until `min_scale` run or start (a warm pool before the first call)."""
+        missing = self.scaling.min_scale - self._live()
+        for _ in range(max(0, missing)):
+            self._start_replica()
+
+    def _live(self) -> int:
+        return sum(r.state in (STARTING, READY) for r in self.replicas)
+
+    def _scale_up(self) -> None:
+        demand = self._in_flight() + len(self._waiters)
+        wanted = min(self.scaling.max_scale, math.ceil(demand / self.scaling.concurrency))
+        for _ in range(wanted - self._live()):
+            self._start_replica()
+
+    def _start_replica(self) -> None:
+        if self._closed:
+            return
+        replica = ReplicaProcess(self.launch, self._replica_exited)
+        self.replicas.append(replica)
+        asyncio.get_running_loop().create_task(self._bring_up(replica), name=f"start-{self.service}")
+
+    async def _bring_up(self, replica: ReplicaProcess) -> None:
+        try:
+            await replica.start(self.scaling.timeout)
+        except ReplicaGone as exc:
+            message = f"a replica could not start: {exc}"
+            self.stats.last_error = message
+            log.warning("service %s: %s", self.service, message)
+            if not any(r.state == READY for r in self.replicas):
+                self._fail_waiters(message)  # nothing else will serve them; don't loop on restarts
+            return
+        except Exception:
+            log.exception("service %s: starting a replica failed", self.service)
+            self._fail_waiters("a replica could not start (see the server's log)")
+            return
+        self.stats.cold_starts += 1
+        self.stats.last_cold_start_seconds = (replica.ready_at or replica.started_at) - replica.started_at
+        if self._closed:
+            await replica.stop()
+            return
+        self._hand_over(replica)
+
+    def _replica_exited(self, replica: ReplicaProcess) -> None:
+        with contextlib.suppress(ValueError):
+            self.replicas.remove(replica)
+        if replica.error and replica.ready_at is not None:
+            self.stats.last_error = replica.error
+            log.warning("service %s: replica %s: %s", self.service, replica.id, replica.error)
+        if self._closed:
+            return
+        if self._waiters:
+            self._scale_up()
+        self.ensure_min()
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap_idle(), name=f"reap-{self.service}"
+            )
+
+    async def _reap_idle(self) -> None:
+        period = min(1.0, self.scaling.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            idle = sorted(
+                (r for r in self.replicas if r.state == READY and r.in_flight == 0),
+                key=lambda r: r.last_used,
+            )
+            for replica in idle:
+                if self._live() <= self.scaling.min_scale:
+                    break
+                if now - replica.last_used >= self.scaling.idle_timeout:
+                    await replica.stop()
+
+    async def close(self) -> None:
+        """Stop every replica; calls still waiting fail."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        self._fail_waiters("the service was changed or removed")
+        await asyncio.gather(*(r.stop() for r in list(self.replicas)), return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "replicas": [
+                {
+                    "id": r.id,
+                    "pid": r.pid,
+                    "state": r.state,
+                    "in_flight": r.in_flight,
+                    "idle_seconds": round(now - r.last_used, 3) if r.state == READY else None,
+                }
+                for r in self.replicas
+                if r.state != DEAD
+            ],
+            "ready": sum(r.state == READY for r in self.replicas),
+            "starting": sum(r.state == STARTING for r in self.replicas),
+            "in_flight": self._in_flight(),
+            "waiting": len(self._waiters),
+            "calls": self.stats.calls,
+            "failures": self.stats.failures,
+            "cold_starts": self.stats.cold_starts,
+            "last_cold_start_seconds": self.stats.last_cold_start_seconds,
+            "last_error": self.stats.last_error,
+            "scaling": {
+                "min_scale": self.scaling.min_scale,
+                "max_scale": self.scaling.max_scale,
+                "concurrency": self.scaling.concurrency,
+                "idle_timeout": self.scaling.idle_timeout,
+            },
+        }
+
+
+def _loop_time(deadline: float) -> float:
+    """A time.monotonic() deadline on the event loop's clock (they can differ)."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.monotonic())

@@ -1,0 +1,212 @@
+"""One replica process seen from the server: start it, send it calls, notice when it dies.
+
+The child gets one end of a socket pair; calls and answers travel as `wire` frames, several
+in flight at once when the service's concurrency allows. A reader task matches answers to calls
+by id; when the socket closes (the child exited or was killed), every call still waiting fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sluice.replicas import wire
+
+STARTING, READY, STOPPING, DEAD = "starting", "ready", "stopping", "dead"
+STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class Call:
+    body: bytes
+    content_type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class ReplicaGone(Exception):
+    """The replica died (crashed, was killed) before it answered."""
+
+
+class HandlerFailed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a replica: the child's arguments, environment, folder and memory limit."""
+
+    args: list[str]
+    env: dict[str, str]
+    cwd: Path
+    memory_bytes: int | None
+    log: Path  # the child's stdout and stderr (what the handler prints), appended
+
+
+class ReplicaProcess:
+    _ids = itertools.count(1)
+
+    def __init__(self, launch: Launch, on_exit: Callable[[ReplicaProcess], None]) -> None:
+        self.id = next(self._ids)
+        self.launch = launch
+        self.state = STARTING
+        self.in_flight = 0  # reserved by the pool, including calls not yet written
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.last_used = self.started_at
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self._on_exit = on_exit
+        self._pending: dict[int, asyncio.Future[Answer]] = {}
+        self._call_ids = itertools.count(1)
+        self._process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self, timeout: float) -> None:
+        """Start the child and wait until its `init` returned. Raises ReplicaGone if it failed."""
+        ours, theirs = socket.socketpair()
+        log = self.launch.log.open("ab")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sluice.replicas.child",
+                "--fd",
+                str(theirs.fileno()),
+                *self.launch.args,
+                env=self.launch.env,
+                cwd=self.launch.cwd,
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # a kill reaches whatever the handler started
+            )
+        finally:
+            theirs.close()
+            log.close()
+        if self.launch.memory_bytes:
+            with contextlib.suppress(ProcessLookupError):
+                limit = self.launch.memory_bytes
+                resource.prlimit(self._process.pid, resource.RLIMIT_DATA, (limit, limit))
+        reader, self._writer = await asyncio.open_connection(sock=ours)
+        try:
+            async with asyncio.timeout(timeout):
+                _, kind, meta, _ = await _read_frame(reader)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            self.error = (
+                "did not start within its timeout"
+                if isinstance(exc, TimeoutError)
+                else "exited while starting"
+            )
+            await self._reap()
+            raise ReplicaGone(self.error) from None
+        if kind != wire.READY:
+            self.error = meta.get("error", "its init failed")
+            await self._reap()
+            raise ReplicaGone(self.error)
+        self.state = READY
+        self.ready_at = self.last_used = time.monotonic()
+        self._reader_task = asyncio.create_task(self._read_answers(reader), name=f"replica-{self.id}")
+
+    async def call(self, call: Call) -> Answer:
+        """Send one call and wait for its answer (the caller bounds the wait)."""
+        if self.state != READY or self._writer is None:
+            raise ReplicaGone(self.error or "the replica is not running")
+        call_id = next(self._call_ids)
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        meta = {"content_type": call.content_type, "headers": call.headers, "params": call.params}
+        self._writer.write(wire.encode(call_id, wire.CALL, meta, call.body))
+        try:
+            return await future
+        finally:
+            self._pending.pop(call_id, None)
+
+    def kill(self) -> None:
+        """Kill now (a call ran past its timeout): waiting calls fail, the reader notices the exit."""
+        self.state = STOPPING
+        if self._process and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Close its socket (the child then exits by itself), kill it if it lingers."""
+        self.state = STOPPING
+        if self._writer is not None:
+            self._writer.close()
+        if self._process is not None:
+            try:
+                async with asyncio.timeout(STOP_GRACE):
+                    await self._process.wait()
+            except TimeoutError:
+                self.kill()
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                call_id, kind, meta, body = await _read_frame(reader)
+                future = self._pending.get(call_id)
+                if future is None or future.done():
+                    continue  # its caller gave up (timeout)
+                if kind == wire.RESULT:
+                    future.set_result(Answer(meta.get("status", 200), meta.get("content_type", ""), body))
+                else:
+                    future.set_exception(HandlerFailed(meta.get("status", 500), meta.get("error", "failed")))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            await self._reap()
+
+    async def _reap(self) -> None:
+        was_stopping = self.state == STOPPING
+        self.state = DEAD
+        if self._writer is not None:
+            self._writer.close()
+        if self._process is not None:
+            if self._process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
+            self.exit_code = await self._process.wait()
+        if not was_stopping and self.ready_at is not None:
+            self.error = f"the replica exited (code {self.exit_code}) while answering"
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ReplicaGone(self.error or "the replica stopped"))
+        self._on_exit(self)
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, dict, bytes]:  # type: ignore[type-arg]
+    header = await reader.readexactly(wire.HEADER.size)
+    call_id, kind, meta_len, body_len = wire.HEADER.unpack(header)
+    meta = wire.decode_meta(await reader.readexactly(meta_len)) if meta_len else {}
+    body = await reader.readexactly(body_len) if body_len else b""
+    return call_id, kind, meta, body
