@@ -11,9 +11,10 @@
         label = request.state.run(None, {"x": pixels})[0]
         return {"label": int(label[0])}    # dict/list -> JSON, str -> text, bytes -> raw
 
-`request.state` is what `init` returned. Raise `HTTPError(400, "why")` to refuse an input; any
-other exception answers 500 with its message. This module imports nothing heavy: it is loaded
-in every replica.
+`request.state` is what `init` returned. Called through KServe's V2 protocol, `request.inputs`
+holds the input tensors as numpy arrays, and what the handler returns becomes the outputs.
+Raise `HTTPError(400, "why")` to refuse an input; any other exception answers 500 with its
+message. This module imports nothing heavy: every replica loads it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     state: Any = None  # what the service's `init` returned
+    # A KServe V2 inference call (`POST /v2/models/{svc}/infer`): input name -> numpy array.
+    inputs: dict[str, Any] | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)

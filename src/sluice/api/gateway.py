@@ -10,6 +10,7 @@ rules live in the route), and every other path.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -37,6 +38,7 @@ class RunGateway:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(PREFIX):
             await self.app(scope, receive, send)
             return
+        arrived = time.monotonic()
         name = scope["path"][len(PREFIX) :]
         record = await self.platform.catalog.get(name) if name and "/" not in name else None
         if record is None or not record.spec.handler or self.platform.settings.workers == 0:
@@ -52,7 +54,7 @@ class RunGateway:
                 {k: v for k, v in headers.items() if k.encode() not in PRIVATE_HEADERS},
                 dict(parse_qsl(scope["query_string"].decode("latin-1"))),
             )
-            answer, _ = await self.platform.replicas.pool_for(record).call(call)
+            answer, timing = await self.platform.replicas.pool_for(record).call(call)
         except SluiceError as exc:
             if exc.status_code >= 500:
                 log.error("%s: %s", type(exc).__name__, exc.message)
@@ -60,6 +62,8 @@ class RunGateway:
             return
         content_type = answer.content_type.encode("latin-1") or b"application/octet-stream"
         await _send(send, answer.status, content_type, answer.body, ())
+        platform_time = time.monotonic() - arrived - timing.queue_wait - timing.handler
+        self.platform.metrics.platform_time.labels(name).observe(platform_time)
 
 
 async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:

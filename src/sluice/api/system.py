@@ -7,10 +7,11 @@ import platform as host
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluice import __version__
-from sluice.api.auth import require_user
+from sluice.api.auth import require_admin, require_user
 from sluice.engine.access import Caller
 from sluice.errors import StorageError
 
@@ -72,6 +73,14 @@ async def config(request: Request, caller: Caller = Depends(require_user)) -> di
         },
         "minio_provider": provider,
     }
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["system"])
+async def metrics(request: Request, _: Caller = Depends(require_admin)) -> Response:
+    """Prometheus metrics (text format): calls by outcome and their latency split into queue wait,
+    platform and handler time; replicas by state; cold starts; jobs by outcome."""
+    registry = request.app.state.platform.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/system/status", tags=["system"])

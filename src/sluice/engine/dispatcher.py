@@ -22,6 +22,7 @@ from sluice.engine.recorder import Recorder
 from sluice.engine.retry import RetryStrategy
 from sluice.errors import SluiceError
 from sluice.executors.base import Executor
+from sluice.metrics import Metrics
 from sluice.replicas.manager import ReplicaManager
 from sluice.runtime.invocation import InvocationInput, invoke, invoke_handler
 from sluice.runtime.workspace import WorkspacePool
@@ -40,6 +41,7 @@ class Dispatcher:
         storage: StorageRouter,
         executor: Executor,
         replicas: ReplicaManager,
+        metrics: Metrics,
         worker_id: str,
         slots: int,
         lease: float,
@@ -53,6 +55,7 @@ class Dispatcher:
         self.storage = storage
         self.executor = executor
         self.replicas = replicas
+        self.metrics = metrics
         self.worker_id = worker_id
         self.slots = slots
         self.lease = lease
@@ -189,11 +192,13 @@ class Dispatcher:
                     gate=self._slots,
                 )
         except SluiceError as exc:  # e.g. the input object vanished, a store is unreachable
+            self.metrics.jobs.labels(job.service, "failed").inc()
             await self._record_failure(job, None, "", exc.message)
             return
         finally:
             self.workspaces.release(workspace)
         done = result.completed
+        self.metrics.jobs.labels(job.service, "succeeded" if result.succeeded else "failed").inc()
         if result.succeeded:
             now = time.time()
             await self.recorder.record(

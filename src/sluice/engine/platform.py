@@ -42,6 +42,7 @@ from sluice.errors import (
     SluiceError,
 )
 from sluice.executors.base import Executor
+from sluice.metrics import Metrics
 from sluice.replicas.manager import ReplicaManager
 from sluice.replicas.process import Call
 from sluice.runtime.invocation import EVENT_TIME_FORMAT, event_for
@@ -71,17 +72,21 @@ class Platform:
         self.executor = executor
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self.catalog = ServiceCatalog(db)
+        self.metrics = Metrics()
         self.replicas = ReplicaManager(
             settings.data_dir / "replicas",
             default_timeout=settings.job_timeout,
             max_waiting=settings.sync_max_waiting,
+            metrics=self.metrics,
         )
+        self.metrics.watch_replicas(self.replicas.all_status)
         self.dispatcher = Dispatcher(
             db=db,
             catalog=self.catalog,
             storage=storage,
             executor=executor,
             replicas=self.replicas,
+            metrics=self.metrics,
             worker_id=self.worker_id,
             slots=settings.workers,
             lease=settings.lease_seconds,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sluice.handler import HTTPError, Request, Response
-from sluice.replicas import wire
+from sluice.replicas import tensors, wire
 
 RECV_SIZE = 256 * 1024
 
@@ -131,13 +131,28 @@ class Replica:
             self._batch(batch)
 
     def _request(self, meta: dict[str, Any], body: bytes) -> Request:
-        return Request(
+        request = Request(
             body=body,
             content_type=meta.get("content_type", ""),
             headers=meta.get("headers", {}),
             params=meta.get("params", {}),
             state=self.state,
         )
+        if meta.get("protocol") == "v2":
+            try:
+                request.inputs = tensors.decode_inputs(request.json())
+            except ValueError as exc:  # TensorError, or a body that is not JSON
+                raise HTTPError(400, f"not a V2 inference request: {exc}") from None
+        return request
+
+    def _answer(self, meta: dict[str, Any], body: bytes, result: Any) -> tuple[int, str, bytes]:
+        if meta.get("protocol") != "v2" or isinstance(result, Response):
+            return answer(result)
+        sent = json.loads(body)
+        reply = {"model_name": meta.get("model", ""), "outputs": tensors.encode_outputs(result)}
+        if "id" in sent:
+            reply["id"] = sent["id"]
+        return 200, "application/json", json.dumps(reply).encode()
 
     def _call(self, argument: Any) -> Any:
         result = self.handler(argument)
@@ -150,7 +165,7 @@ class Replica:
     def _one(self, frame: tuple[int, int, dict[str, Any], bytes]) -> None:
         call_id, _, meta, body = frame
         try:
-            status, content_type, data = answer(self._call(self._request(meta, body)))
+            status, content_type, data = self._answer(meta, body, self._call(self._request(meta, body)))
         except Exception as exc:
             self._send(wire.encode(call_id, wire.ERROR, failure(exc)))
             return
@@ -167,9 +182,9 @@ class Replica:
             self._send(b"".join(wire.encode(call_id, wire.ERROR, failure(exc)) for call_id, *_ in frames))
             return
         out = []
-        for (call_id, *_), result in zip(frames, results, strict=True):
+        for (call_id, _, meta, body), result in zip(frames, results, strict=True):
             try:
-                status, content_type, data = answer(result)
+                status, content_type, data = self._answer(meta, body, result)
                 out.append(
                     wire.encode(call_id, wire.RESULT, {"status": status, "content_type": content_type}, data)
                 )

@@ -14,6 +14,7 @@ from typing import Any
 
 from sluice.db.services import ServiceRecord
 from sluice.executors.process import host_environment
+from sluice.metrics import Metrics
 from sluice.replicas.pool import ReplicaPool, Scaling
 from sluice.replicas.process import Call, Launch
 from sluice.spec.code import unpack_code
@@ -21,8 +22,11 @@ from sluice.spec.service import ServiceSpec
 
 
 class ReplicaManager:
-    def __init__(self, root: Path, *, default_timeout: float, max_waiting: int) -> None:
+    def __init__(
+        self, root: Path, *, default_timeout: float, max_waiting: int, metrics: Metrics | None = None
+    ) -> None:
         self.root = root
+        self.metrics = metrics
         self.default_timeout = default_timeout
         self.max_waiting = max_waiting
         self._pools: dict[str, tuple[str, ReplicaPool]] = {}
@@ -36,7 +40,8 @@ class ReplicaManager:
             return held[1]
         if held is not None:
             self._retire(held[1])
-        pool = ReplicaPool(record.spec.name, self._launch(record, fingerprint), self._scaling(record.spec))
+        launch = self._launch(record, fingerprint)
+        pool = ReplicaPool(record.spec.name, launch, self._scaling(record.spec), self.metrics)
         self._pools[record.spec.name] = (fingerprint, pool)
         return pool
 
@@ -63,6 +68,9 @@ class ReplicaManager:
     def status(self, name: str) -> dict[str, Any] | None:
         held = self._pools.get(name)
         return held[1].status() if held else None
+
+    def all_status(self) -> dict[str, dict[str, Any]]:
+        return {name: pool.status() for name, (_, pool) in self._pools.items()}
 
     async def stop(self) -> None:
         pools = [pool for _, pool in self._pools.values()]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sluice.errors import InvocationFailed, InvocationTimeout, Overloaded
+from sluice.metrics import Metrics
 from sluice.replicas.process import (
     DEAD,
     READY,
@@ -46,6 +47,12 @@ class Scaling:
     timeout: float  # per call; also bounds a cold start
 
 
+@dataclass(frozen=True)
+class Timing:
+    queue_wait: float  # seconds waiting for a free replica (a cold start included)
+    handler: float  # seconds from sending the call to the replica to its answer
+
+
 @dataclass
 class Stats:
     calls: int = 0
@@ -64,8 +71,11 @@ class HandlerError(InvocationFailed):
 
 
 class ReplicaPool:
-    def __init__(self, service: str, launch: Launch, scaling: Scaling) -> None:
+    def __init__(
+        self, service: str, launch: Launch, scaling: Scaling, metrics: Metrics | None = None
+    ) -> None:
         self.service = service
+        self.metrics = metrics
         self.launch = launch
         self.scaling = scaling
         self.replicas: list[ReplicaProcess] = []
@@ -76,34 +86,57 @@ class ReplicaPool:
 
     # calls
 
-    async def call(self, call: Call) -> tuple[Answer, float]:
-        """Answer one call; returns the answer and the seconds it waited for a replica."""
+    async def call(self, call: Call) -> tuple[Answer, Timing]:
+        """Answer one call; also says how long it waited for a replica and the replica took."""
         self._ensure_reaper()
         arrived = time.monotonic()
         deadline = arrived + self.scaling.timeout
         replica = self._take_free()
-        if replica is None:
-            replica = await self._wait_for_replica(deadline)
-        waited = time.monotonic() - arrived
-        self.stats.calls += 1
+        outcome = "ok"
         try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
-                return await replica.call(call), waited
+            if replica is None:
+                replica = await self._wait_for_replica(deadline)
+            sent = time.monotonic()
+            self.stats.calls += 1
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    answer = await replica.call(call)
+            finally:
+                self._release(replica)
+            done = time.monotonic()
         except TimeoutError:
-            self.stats.failures += 1
+            outcome = "timeout"
             self.stats.last_error = f"a call ran past the {self.scaling.timeout:g} s timeout"
-            replica.kill()  # it is stuck in the handler: the only way to free the slot
+            if replica is not None:
+                replica.kill()  # it is stuck in the handler: the only way to free the slot
             raise InvocationTimeout(
                 f"service '{self.service}' did not answer within its {self.scaling.timeout:g} s timeout"
             ) from None
         except ReplicaGone as exc:
-            self.stats.failures += 1
+            outcome = "replica_failed"
             raise InvocationFailed(f"service '{self.service}': {exc}") from None
         except HandlerFailed as exc:
-            self.stats.failures += 1
+            outcome = "handler_error"
             raise HandlerError(exc.status, exc.message) from None
+        except Overloaded:
+            outcome = "overloaded"
+            raise
+        except InvocationTimeout:
+            outcome = "timeout"  # no replica became free in time
+            raise
+        except InvocationFailed:
+            outcome = "replica_failed"  # no replica could start
+            raise
         finally:
-            self._release(replica)
+            if outcome != "ok":
+                self.stats.failures += 1
+            if self.metrics is not None:
+                self.metrics.calls.labels(self.service, outcome).inc()
+        timing = Timing(sent - arrived, done - sent)
+        if self.metrics is not None:
+            self.metrics.queue_wait.labels(self.service).observe(timing.queue_wait)
+            self.metrics.handler_time.labels(self.service).observe(timing.handler)
+        return answer, timing
 
     def _take_free(self) -> ReplicaProcess | None:
         best = None
@@ -130,7 +163,7 @@ class ReplicaPool:
         except TimeoutError:
             raise InvocationTimeout(
                 f"service '{self.service}' found no free replica in its {self.scaling.timeout:g} s timeout"
-            ) from None
+            ) from None  # not TimeoutError: the caller must not kill a replica it never had
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
@@ -166,6 +199,16 @@ class ReplicaPool:
         for _ in range(max(0, missing)):
             self._start_replica()
 
+    def warm_one(self) -> None:
+        """At least one replica running or starting (a readiness probe on a scaled-to-zero service)."""
+        self._ensure_reaper()
+        if self._live() == 0:
+            self._start_replica()
+
+    @property
+    def ready(self) -> bool:
+        return any(r.state == READY for r in self.replicas)
+
     def _live(self) -> int:
         return sum(r.state in (STARTING, READY) for r in self.replicas)
 
@@ -198,6 +241,8 @@ class ReplicaPool:
             return
         self.stats.cold_starts += 1
         self.stats.last_cold_start_seconds = (replica.ready_at or replica.started_at) - replica.started_at
+        if self.metrics is not None:
+            self.metrics.cold_starts.labels(self.service).observe(self.stats.last_cold_start_seconds)
         if self._closed:
             await replica.stop()
             return

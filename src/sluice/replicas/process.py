@@ -32,6 +32,8 @@ class Call:
     content_type: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
+    protocol: str = ""  # "v2": a KServe V2 inference request, decoded into tensors in the replica
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class ReplicaProcess:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         meta = {"content_type": call.content_type, "headers": call.headers, "params": call.params}
+        if call.protocol:
+            meta.update(protocol=call.protocol, model=call.model)
         self._writer.write(wire.encode(call_id, wire.CALL, meta, call.body))
         try:
             return await future
