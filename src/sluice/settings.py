@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     sync_max_waiting: int = Field(
         default=100, ge=0, description="synchronous calls that may wait per service before a 503"
     )
+    replica_start_timeout: float = Field(
+        default=300.0, gt=0, description="seconds a replica may take to start and load its model"
+    )
     max_body: int = Field(default=16 * 1024**2, ge=1, description="largest /job or JSON body, bytes")
     lease_seconds: float = Field(default=30.0, gt=1, description="a running job's lease; renewed")
     reconcile_interval: float = Field(default=30.0, ge=0, description="0 turns the reconciler off")

@@ -77,6 +77,7 @@ class Platform:
             settings.data_dir / "replicas",
             default_timeout=settings.job_timeout,
             max_waiting=settings.sync_max_waiting,
+            start_timeout=settings.replica_start_timeout,
             metrics=self.metrics,
         )
         self.metrics.watch_replicas(self.replicas.all_status)

@@ -23,9 +23,16 @@ from sluice.spec.service import ServiceSpec
 
 class ReplicaManager:
     def __init__(
-        self, root: Path, *, default_timeout: float, max_waiting: int, metrics: Metrics | None = None
+        self,
+        root: Path,
+        *,
+        default_timeout: float,
+        max_waiting: int,
+        start_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.root = root
+        self.start_timeout = start_timeout
         self.metrics = metrics
         self.default_timeout = default_timeout
         self.max_waiting = max_waiting
@@ -92,6 +99,7 @@ class ReplicaManager:
             idle_timeout=sync.idle_timeout,
             max_waiting=self.max_waiting,
             timeout=spec.timeout or self.default_timeout,
+            start_timeout=self.start_timeout,
         )
 
     def _launch(self, record: ServiceRecord, fingerprint: str) -> Launch:

@@ -35,6 +35,7 @@ from sluice.replicas.process import (
 )
 
 log = logging.getLogger("sluice.replicas")
+MAX_RESTART_DELAY = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class Scaling:
     concurrency: int
     idle_timeout: float
     max_waiting: int
-    timeout: float  # per call; also bounds a cold start
+    timeout: float  # per call, waiting for a replica included
+    start_timeout: float  # for a replica to start and its init to return
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ReplicaPool:
         self._waiters: collections.deque[asyncio.Future[ReplicaProcess]] = collections.deque()
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self._start_failures = 0
 
     # calls
 
@@ -101,14 +104,17 @@ class ReplicaPool:
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
                     answer = await replica.call(call)
+            except TimeoutError:
+                # Stuck in the handler: killing it is the only way to free the slot, and it must
+                # happen before the release, which would hand the replica to a waiting call.
+                replica.kill()
+                raise
             finally:
                 self._release(replica)
             done = time.monotonic()
         except TimeoutError:
             outcome = "timeout"
             self.stats.last_error = f"a call ran past the {self.scaling.timeout:g} s timeout"
-            if replica is not None:
-                replica.kill()  # it is stuck in the handler: the only way to free the slot
             raise InvocationTimeout(
                 f"service '{self.service}' did not answer within its {self.scaling.timeout:g} s timeout"
             ) from None
@@ -227,18 +233,19 @@ class ReplicaPool:
 
     async def _bring_up(self, replica: ReplicaProcess) -> None:
         try:
-            await replica.start(self.scaling.timeout)
-        except ReplicaGone as exc:
-            message = f"a replica could not start: {exc}"
+            await replica.start(self.scaling.start_timeout)
+        except Exception as exc:
+            message = f"a replica could not start: {exc}" if isinstance(exc, ReplicaGone) else None
+            if message is None:
+                log.exception("service %s: starting a replica failed", self.service)
+                message = "a replica could not start (see the server's log)"
             self.stats.last_error = message
             log.warning("service %s: %s", self.service, message)
             if not any(r.state == READY for r in self.replicas):
-                self._fail_waiters(message)  # nothing else will serve them; don't loop on restarts
+                self._fail_waiters(message)  # nothing else will serve them
+            self._retry_later()
             return
-        except Exception:
-            log.exception("service %s: starting a replica failed", self.service)
-            self._fail_waiters("a replica could not start (see the server's log)")
-            return
+        self._start_failures = 0
         self.stats.cold_starts += 1
         self.stats.last_cold_start_seconds = (replica.ready_at or replica.started_at) - replica.started_at
         if self.metrics is not None:
@@ -248,14 +255,25 @@ class ReplicaPool:
             return
         self._hand_over(replica)
 
+    def _retry_later(self) -> None:
+        """After a failed start, keep `min_scale` with a growing pause, not a tight restart loop
+        (an init that raises would otherwise run over and over). Calls still start one at once."""
+        self._start_failures += 1
+        delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (self._start_failures - 1))
+        asyncio.get_running_loop().call_later(delay, self._restart_after_failure)
+
+    def _restart_after_failure(self) -> None:
+        if not self._closed:
+            self.ensure_min()
+
     def _replica_exited(self, replica: ReplicaProcess) -> None:
         with contextlib.suppress(ValueError):
             self.replicas.remove(replica)
-        if replica.error and replica.ready_at is not None:
+        if replica.ready_at is None or self._closed:
+            return  # a failed start: `_bring_up` schedules what follows
+        if replica.error:
             self.stats.last_error = replica.error
             log.warning("service %s: replica %s: %s", self.service, replica.id, replica.error)
-        if self._closed:
-            return
         if self._waiters:
             self._scale_up()
         self.ensure_min()

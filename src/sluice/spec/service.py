@@ -353,8 +353,8 @@ class ServiceSpec(_Strict):
     def inactive_fields(self) -> list[str]:
         """OSCAR fields set on this service that Sluice stores but does not act on yet."""
         inactive = [f for f in PASSIVE_FIELDS if getattr(self, f) not in (None, [], {}, False)]
-        if self.synchronous.min_scale:
-            inactive.append("synchronous.min_scale")  # /run honours max_scale; no warm replicas yet
+        if self.synchronous.min_scale and not self.handler:
+            inactive.append("synchronous.min_scale")  # script services keep no warm replicas yet
         return inactive
 
     def public_dict(self) -> dict[str, Any]:

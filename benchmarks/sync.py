@@ -1,0 +1,438 @@
+"""Synchronous inference through Sluice beside its floor and its rivals, in one run.
+
+    .venv/bin/python benchmarks/sync.py [--requests 2000] [--concurrency 1 8 32] [--no-ray]
+
+For two handlers (an echo, and the digits ONNX model of `examples/digits-handler`), the same
+load generator (aiohttp, N calls in flight) measures p50/p99 latency and throughput of:
+
+1. bare: a raw ASGI app on uvicorn (httptools, uvloop) calling the handler in-process: the floor;
+2. sluice: `POST /run/{svc}` on a real `sluice serve`, the handler in one warm replica;
+3. ray: Ray Serve serving the same handler (one replica), through its HTTP proxy;
+4. script: Sluice running the same model as an OSCAR-style script per request (`/run` on a
+   script service: a process and a model load per call), at concurrency 1 and 8 only.
+
+Also: the server's CPU time per call (sluice server + replica, from /proc), which bounds
+requests per core; and scale from zero (a call to a service whose replicas all stopped) beside
+the model's own load time. Needs `pip install "ray[serve]"` for the Ray column (`make bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sluice.spec.code import pack_code
+from tests.pg import free_port
+from tests.server import PASSWORD, ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = (ROOT / "examples/digits/samples/digit-1579-0.csv").read_bytes()
+READY_DEADLINE = 120.0
+MODEL_LOAD_TIME = (
+    "import time; t = time.perf_counter(); from sluice.demo import digits; digits.load_session(); "
+    "print(time.perf_counter() - t)"
+)
+
+ECHO_CODE = """
+def handle(request):
+    return request.body
+"""
+# The handlers every system runs: the same functions, imported the same way.
+HANDLERS = {
+    "echo": {"module": "bench_echo", "code": ECHO_CODE, "init": None, "body": b"x" * 64},
+    "digits": {"module": "digits_handler", "code": None, "init": "load", "body": SAMPLE},
+}
+BARE_APP = """
+import importlib, sys
+sys.path.insert(0, sys.argv[1])
+from sluice.handler import Request
+from sluice.replicas.child import answer
+module = importlib.import_module(sys.argv[2])
+init = getattr(module, sys.argv[3]) if sys.argv[3] != "-" else None
+state = init() if init else None
+handle = getattr(module, "classify" if hasattr(module, "classify") else "handle")
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    status, content_type, data = answer(handle(Request(body=body, state=state)))
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode()),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+import uvicorn
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[4]), loop="uvloop", http="httptools",
+            log_level="warning")
+"""
+RAY_APP = """
+import importlib, sys, time
+sys.path.insert(0, sys.argv[1])
+import ray
+from ray import serve
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response
+from sluice.handler import Request
+from sluice.replicas.child import answer
+
+ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[4])})
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=32)
+class Model:
+    def __init__(self, folder, module, init_name):  # runs in the replica actor's own process
+        sys.path.insert(0, folder)
+        self.module = importlib.import_module(module)
+        init = getattr(self.module, init_name) if init_name != "-" else None
+        self.state = init() if init else None
+        self.handle = getattr(self.module, "classify" if hasattr(self.module, "classify") else "handle")
+
+    async def __call__(self, request: StarletteRequest):
+        body = await request.body()
+        status, content_type, data = answer(self.handle(Request(body=body, state=self.state)))
+        return Response(data, status_code=status, media_type=content_type)
+
+serve.run(Model.bind(sys.argv[1], sys.argv[2], sys.argv[3]), route_prefix="/model")
+print("READY", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def load(
+    url: str, body: bytes, headers: dict[str, str], requests: int, concurrency: int
+) -> dict[str, float]:
+    """`requests` POSTs, `concurrency` at a time; latency percentiles (ms) and calls/s."""
+    print(f"  {url}: {requests} calls, {concurrency} at a time", file=sys.stderr, flush=True)
+    latencies: list[float] = []
+    failures = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # Warm-up: connections open, caches hot.
+        for _ in range(min(50, requests)):
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining, failures
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), timeout=600)
+        elapsed = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{failures} of {requests} calls to {url} failed")
+    return {
+        "p50": percentile(latencies, 50) * 1000,
+        "p99": percentile(latencies, 99) * 1000,
+        "rps": len(latencies) / elapsed,
+    }
+
+
+def wait_http(url: str, body: bytes, process: subprocess.Popen[bytes], what: str) -> None:
+    """Until a real call is answered with 200."""
+    deadline = time.monotonic() + READY_DEADLINE
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early with code {process.returncode}")
+        try:
+            if httpx.post(url, content=body, timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready in {READY_DEADLINE:g} s")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (from /proc), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def code_folder(work: Path, kind: str, label: str) -> Path:
+    folder = work / f"code-{label}"
+    folder.mkdir()
+    handler = HANDLERS[kind]
+    if handler["code"]:
+        (folder / f"{handler['module']}.py").write_text(textwrap.dedent(handler["code"]))
+    else:
+        source = ROOT / "examples/digits-handler/code/digits_handler.py"
+        (folder / source.name).write_text(source.read_text())
+    return folder
+
+
+class Sluice:
+    def __init__(self, work: Path) -> None:
+        self.server = ServerProcess(work / "sluice-data", env={"SLUICE_WORKERS": "2"})
+        self.http: httpx.Client | None = None
+
+    def start(self) -> None:
+        self.server.start()
+        self.http = httpx.Client(base_url=self.server.endpoint, auth=("oscar", PASSWORD), timeout=60)
+
+    def create(self, spec: dict[str, object]) -> str:
+        assert self.http is not None
+        created = self.http.post("/system/services", json=spec)
+        created.raise_for_status()
+        return created.json()["token"]
+
+    def replicas(self, name: str) -> dict[str, object]:
+        assert self.http is not None
+        return self.http.get(f"/v1/services/{name}/replicas").json()
+
+    def pids(self, name: str) -> list[int]:
+        assert self.server.process is not None
+        return [self.server.process.pid, *(r["pid"] for r in self.replicas(name)["replicas"])]  # type: ignore[index]
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        self.server.stop()
+
+
+def handler_spec(name: str, kind: str, work: Path, **synchronous: object) -> dict[str, object]:
+    handler = HANDLERS[kind]
+    function = "classify" if kind == "digits" else "handle"
+    spec: dict[str, object] = {
+        "name": name,
+        "image": "python",
+        "memory": "1Gi",
+        "handler": f"{handler['module']}:{function}",
+        "code": pack_code(code_folder(work, kind, name)),
+        "synchronous": {"min_scale": 1, "max_scale": 1, "concurrency": 32, **synchronous},
+    }
+    if handler["init"]:
+        spec["init"] = f"{handler['module']}:{handler['init']}"
+    return spec
+
+
+def start_app(source: str, work: Path, kind: str, port: int, name: str) -> subprocess.Popen[bytes]:
+    script = work / f"{name}.py"
+    script.write_text(source)
+    handler = HANDLERS[kind]
+    folder = code_folder(work, kind, name)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(folder), handler["module"], handler["init"] or "-", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=(work / f"{name}.log").open("wb"),
+        start_new_session=True,
+    )
+
+
+def stop_app(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+def measure_all(args: argparse.Namespace, work: Path) -> None:
+    results: dict[tuple[str, str, int], dict[str, float]] = {}
+    cpu_per_call: dict[tuple[str, str], float] = {}
+    sluice = Sluice(work)
+    sluice.start()
+    try:
+        for kind in ("echo", "digits"):
+            body = HANDLERS[kind]["body"]
+            # 1. the floor
+            port = free_port()
+            bare = start_app(BARE_APP, work, kind, port, f"bare-{kind}")
+            try:
+                wait_http(f"http://127.0.0.1:{port}/", body, bare, "the bare app")
+                for concurrency in args.concurrency:
+                    results[("bare", kind, concurrency)] = run(
+                        load(f"http://127.0.0.1:{port}/", body, {}, args.requests, concurrency)
+                    )
+                before = cpu_seconds([bare.pid])
+                run(load(f"http://127.0.0.1:{port}/", body, {}, args.requests, 8))
+                cpu_per_call[("bare", kind)] = (cpu_seconds([bare.pid]) - before) / args.requests
+            finally:
+                stop_app(bare)
+            # 2. sluice, one warm replica
+            name = f"bench-{kind}"
+            token = sluice.create(handler_spec(name, kind, work))
+            url = f"{sluice.server.endpoint}/run/{name}"
+            headers = {"Authorization": f"Bearer {token}"}
+            for concurrency in args.concurrency:
+                results[("sluice", kind, concurrency)] = run(
+                    load(url, body, headers, args.requests, concurrency)
+                )
+            pids = sluice.pids(name)
+            before = cpu_seconds(pids)
+            run(load(url, body, headers, args.requests, 8))
+            cpu_per_call[("sluice", kind)] = (cpu_seconds(pids) - before) / args.requests
+            # 3. ray serve
+            if args.ray:
+                port = free_port()
+                ray = start_app(RAY_APP, work, kind, port, f"ray-{kind}")
+                try:
+                    wait_http(f"http://127.0.0.1:{port}/model", body, ray, "Ray Serve")
+                    for concurrency in args.concurrency:
+                        results[("ray", kind, concurrency)] = run(
+                            load(f"http://127.0.0.1:{port}/model", body, {}, args.requests, concurrency)
+                        )
+                finally:
+                    stop_app(ray)
+                    ray_cli = str(Path(sys.executable).parent / "ray")
+                    subprocess.run(
+                        [ray_cli, "stop", "--force"], capture_output=True, check=False, timeout=120
+                    )
+        # 4. the model as an OSCAR-style script, per request
+        script = 'python -m sluice.demo.digits "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out.json"\n'
+        token = sluice.create(
+            {"name": "bench-script", "image": "python", "script": script, "memory": "1Gi", "cpu": "1"}
+        )
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/octet-stream",
+            "Accept": "application/json",
+        }
+        for concurrency in (1, 8):
+            if concurrency in args.concurrency:
+                results[("script", "digits", concurrency)] = run(
+                    load(
+                        f"{sluice.server.endpoint}/run/bench-script",
+                        SAMPLE,
+                        headers,
+                        args.script_requests,
+                        concurrency,
+                    )
+                )
+        cold = scale_from_zero(sluice, work)
+    finally:
+        sluice.stop()
+    report(args, results, cpu_per_call, cold)
+
+
+def scale_from_zero(sluice: Sluice, work: Path) -> dict[str, float]:
+    """Cold calls to services scaled to zero, beside the model's own load time."""
+    out: dict[str, float] = {}
+    for kind in ("echo", "digits"):
+        name = f"cold-{kind}"
+        token = sluice.create(handler_spec(name, kind, work, min_scale=0, idle_timeout=0.5))
+        url = f"{sluice.server.endpoint}/run/{name}"
+        samples = []
+        for _ in range(5):
+            deadline = time.monotonic() + 30
+            while sluice.replicas(name)["ready"] and time.monotonic() < deadline:  # type: ignore[index]
+                time.sleep(0.2)
+            started = time.perf_counter()
+            httpx.post(
+                url, content=HANDLERS[kind]["body"], headers={"Authorization": f"Bearer {token}"}, timeout=60
+            ).raise_for_status()
+            samples.append(time.perf_counter() - started)
+        out[kind] = statistics.median(samples) * 1000
+    load_time = subprocess.run(
+        [sys.executable, "-c", MODEL_LOAD_TIME],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    out["model_load"] = float(load_time.stdout) * 1000
+    return out
+
+
+def report(
+    args: argparse.Namespace,
+    results: dict[tuple[str, str, int], dict[str, float]],
+    cpu_per_call: dict[tuple[str, str], float],
+    cold: dict[str, float],
+) -> None:
+    print("\n| handler | system | concurrency | p50 ms | p99 ms | calls/s |")
+    print("|---|---|---|---|---|---|")
+    for (system, kind, concurrency), r in sorted(
+        results.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])
+    ):
+        print(f"| {kind} | {system} | {concurrency} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} |")
+    print()
+    for kind in ("echo", "digits"):
+        bare, sluice = results.get(("bare", kind, 1)), results.get(("sluice", kind, 1))
+        if bare and sluice:
+            print(
+                f"{kind}: added over bare at concurrency 1: p50 {sluice['p50'] - bare['p50']:+.2f} ms, "
+                f"p99 {sluice['p99'] - bare['p99']:+.2f} ms (targets: 0.5 and 2)"
+            )
+        for concurrency in args.concurrency:
+            ray, ours = results.get(("ray", kind, concurrency)), results.get(("sluice", kind, concurrency))
+            if ray and ours:
+                print(
+                    f"{kind}: sluice / ray throughput at concurrency {concurrency}: "
+                    f"{ours['rps'] / ray['rps']:.2f}x (target 2x)"
+                )
+        for system in ("bare", "sluice"):
+            cpu = cpu_per_call.get((system, kind))
+            if cpu:
+                print(
+                    f"{kind}: {system} CPU per call {cpu * 1e6:.0f} us -> "
+                    f"{1 / cpu:.0f} calls per CPU-second (target 5000)"
+                )
+    print(
+        f"scale from zero (median of 5 cold calls): echo {cold['echo']:.0f} ms, "
+        f"digits {cold['digits']:.0f} ms; "
+        f"the digits model alone loads in {cold['model_load']:.0f} ms (target: 50 ms plus the load)"
+    )
+
+
+def run(coroutine):  # type: ignore[no-untyped-def]
+    return asyncio.run(coroutine)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="calls per measurement (default 2000)")
+    parser.add_argument(
+        "--script-requests", type=int, default=40, help="calls for the script-per-request row"
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="calls in flight")
+    parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip Ray Serve")
+    args = parser.parse_args()
+    if args.ray:
+        try:
+            import ray  # noqa: F401
+            from ray import serve  # noqa: F401
+        except ImportError:
+            parser.error('Ray Serve is not installed: pip install "ray[serve]" (or pass --no-ray)')
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-sync-") as work:
+        measure_all(args, Path(work))
+
+
+if __name__ == "__main__":
+    main()
