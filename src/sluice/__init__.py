@@ -5,7 +5,6 @@ Everything else is internal and may change.
 """
 
 import importlib
-from typing import Any
 
 # Imported on first use: a replica process or `sluice --help` must not pay for the client's
 # and pydantic's imports (hundreds of milliseconds) when it needs none of them.
@@ -63,7 +62,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sluice' has no attribute '{name}'")

@@ -14,25 +14,36 @@
 `request.state` is what `init` returned. Called through KServe's V2 protocol, `request.inputs`
 holds the input tensors as numpy arrays, and what the handler returns becomes the outputs.
 Raise `HTTPError(400, "why")` to refuse an input; any other exception answers 500 with its
-message. This module imports nothing heavy: every replica loads it.
+message. This module imports nothing heavy (not even dataclasses): every replica loads it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
 class Request:
-    body: bytes
-    content_type: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
-    state: Any = None  # what the service's `init` returned
-    # A KServe V2 inference call (`POST /v2/models/{svc}/infer`): input name -> numpy array.
-    inputs: dict[str, Any] | None = None
+    """One call, as the handler sees it."""
+
+    __slots__ = ("body", "content_type", "headers", "inputs", "params", "state")
+
+    def __init__(
+        self,
+        body: bytes,
+        content_type: str = "",
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        state: Any = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+        self.params = params or {}  # the query string
+        self.state = state  # what the service's `init` returned
+        # A KServe V2 inference call (`POST /v2/models/{svc}/infer`): input name -> numpy array.
+        self.inputs = inputs
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -40,14 +51,21 @@ class Request:
     def text(self) -> str:
         return self.body.decode()
 
+    def __repr__(self) -> str:
+        return f"Request({len(self.body)} bytes, content_type={self.content_type!r})"
 
-@dataclass(frozen=True)
+
 class Response:
     """An answer with an explicit content type (and status), when the default one will not do."""
 
-    body: bytes | str
-    content_type: str = "application/octet-stream"
-    status: int = 200
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(
+        self, body: bytes | str, content_type: str = "application/octet-stream", status: int = 200
+    ) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.status = status
 
 
 class HTTPError(Exception):

@@ -33,6 +33,7 @@ class RunGateway:
         self.platform = platform
         self.auth = auth
         self.max_body = max_body
+        self._platform_time: dict[str, Any] = {}  # service -> its histogram series, looked up once
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(PREFIX):
@@ -45,15 +46,18 @@ class RunGateway:
             await self.app(scope, receive, send)
             return
         try:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            await authorize_invocation(self.auth, headers.get("authorization"), record)
+            authorization = None
+            headers = {}  # what the handler sees: all but the caller's credentials
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif key not in PRIVATE_HEADERS:
+                    headers[key.decode("latin-1")] = value.decode("latin-1")
+            await authorize_invocation(self.auth, authorization, record)
             body = await _read_body(receive, headers.get("content-length"), self.max_body)
-            call = Call(
-                body,
-                headers.get("content-type", ""),
-                {k: v for k, v in headers.items() if k.encode() not in PRIVATE_HEADERS},
-                dict(parse_qsl(scope["query_string"].decode("latin-1"))),
-            )
+            query = scope["query_string"]
+            params = dict(parse_qsl(query.decode("latin-1"))) if query else {}
+            call = Call(body, headers.get("content-type", ""), headers, params)
             answer, timing = await self.platform.replicas.pool_for(record).call(call)
         except SluiceError as exc:
             if exc.status_code >= 500:
@@ -63,7 +67,10 @@ class RunGateway:
         content_type = answer.content_type.encode("latin-1") or b"application/octet-stream"
         await _send(send, answer.status, content_type, answer.body, ())
         platform_time = time.monotonic() - arrived - timing.queue_wait - timing.handler
-        self.platform.metrics.platform_time.labels(name).observe(platform_time)
+        series = self._platform_time.get(name)
+        if series is None:
+            series = self._platform_time[name] = self.platform.metrics.platform_time.labels(name)
+        series.observe(platform_time)
 
 
 async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:

@@ -211,6 +211,6 @@ class ReplicaProcess:
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, dict, bytes]:  # type: ignore[type-arg]
     header = await reader.readexactly(wire.HEADER.size)
     call_id, kind, meta_len, body_len = wire.HEADER.unpack(header)
-    meta = wire.decode_meta(await reader.readexactly(meta_len)) if meta_len else {}
-    body = await reader.readexactly(body_len) if body_len else b""
-    return call_id, kind, meta, body
+    rest = await reader.readexactly(meta_len + body_len) if meta_len + body_len else b""
+    meta = wire.decode_meta(rest[:meta_len]) if meta_len else {}
+    return call_id, kind, meta, rest[meta_len:]
