@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     container_engine_args: str = Field(
         default="", description="global options for the engine, e.g. '--runtime /usr/sbin/runc'"
     )
+    registry_auth_dir: Path | None = Field(
+        default=None, description="named registry logins (<name>.json) that image_pull_secrets select"
+    )
     registry_auth_file: Path | None = Field(
         default=None, description="registry credentials for pulls (podman's auth.json format)"
     )

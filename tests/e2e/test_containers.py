@@ -6,6 +6,8 @@ One `sluice serve --executor container` per module, with the local busybox test 
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +30,25 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
 
 
 @pytest.fixture(scope="module")
-def server(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {**podman.server_env, "SLUICE_WORKERS": "4", "SLUICE_RETRY_BASE_DELAY": "0.2"}
+def registry_logins(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Named registry logins, as `podman login --authfile <name>.json` writes them."""
+    folder = tmp_path_factory.mktemp("registry-auth")
+    for name, registry in (("team-a", "registry-a.invalid"), ("team-b", "registry-b.invalid")):
+        auth = base64.b64encode(f"{name}:secret".encode()).decode()
+        (folder / f"{name}.json").write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(
+    podman: Podman, registry_logins: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    env = {
+        **podman.server_env,
+        "SLUICE_WORKERS": "4",
+        "SLUICE_RETRY_BASE_DELAY": "0.2",
+        "SLUICE_REGISTRY_AUTH_DIR": str(registry_logins),
+    }
     process = ServerProcess(tmp_path_factory.mktemp("ctr") / "data", env=env).start()
     try:
         yield process
@@ -181,6 +200,22 @@ def test_a_missing_image_fails_the_job_with_the_engines_message(http: httpx.Clie
     assert job["error"].startswith("podman could not run the container:"), job["error"]
     assert "no-such-image" in job["error"] and "image not known" in job["error"]
     assert job["exit_code"] is None
+
+
+def test_image_pull_secrets_name_registry_logins(http: httpx.Client, client: Client) -> None:
+    # Local images run whatever the logins; one login, several (merged), and a missing one.
+    for name, secrets in (("ctr-secret-one", ["team-a"]), ("ctr-secret-two", ["team-a", "team-b"])):
+        created = create(http, name, "echo pulled\n", image_pull_secrets=secrets)
+        assert "image_pull_secrets" not in created.get("sluice_inactive_fields", [])
+        job = run_one(client, name)
+        assert job["status"] == "succeeded", job
+    create(http, "ctr-secret-missing", "true", image_pull_secrets=["nobody"])
+    job = run_one(client, "ctr-secret-missing")
+    assert job["status"] == "failed"
+    assert job["error"].startswith("image pull secret 'nobody' not found: no nobody.json in")
+    bad = http.post("/system/services", json={"name": "ctr-secret-bad", "image": IMAGE, "script": "true",
+                                              "image_pull_secrets": ["../../etc/passwd"]})  # fmt: skip
+    assert bad.status_code == 400 and "not a secret name" in bad.text
 
 
 def test_network_is_on_by_default_and_can_be_turned_off(http: httpx.Client, client: Client) -> None:

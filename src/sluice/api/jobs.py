@@ -13,6 +13,7 @@ from sluice.api.shapes import decode_cursor, encode_cursor, job_json, oscar_job
 from sluice.api.uploads import read_body
 from sluice.db.jobs import FAILED
 from sluice.engine.access import Caller, can_manage_service
+from sluice.errors import InvalidInput
 
 router = APIRouter(tags=["jobs"])
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -36,6 +37,11 @@ async def submit_job(name: str, request: Request) -> JSONResponse:
     }
     headers = {"X-Job-Id": ids[0]} if ids else {}
     return JSONResponse(content, status_code=201, headers=headers)
+
+
+@router.get("/system/logs/", include_in_schema=False)
+async def oscar_logs_without_service(_: Caller = Depends(require_user)) -> None:
+    raise InvalidInput("name a service: GET /system/logs/{service} lists its jobs")
 
 
 @router.get("/system/logs/{name}")

@@ -34,7 +34,9 @@ def service_json(record: ServiceRecord, executor: Executor) -> dict[str, Any]:
     data["owner"] = record.owner
     data["sluice_executor"] = executor.describe()
     inactive = record.spec.inactive_fields()
-    if record.spec.enable_gpu and not executor.capabilities.runs_images:
+    if executor.capabilities.runs_images:
+        inactive = [f for f in inactive if f != "image_pull_secrets"]  # the container executor uses them
+    elif record.spec.enable_gpu:
         inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
     if inactive:
         data["sluice_inactive_fields"] = inactive

@@ -178,7 +178,7 @@ class Platform:
 
         await self.db.call(remove)
         self.catalog.invalidate(name)
-        self.replicas.drop(name)
+        self.replicas.forget(name)
         if purge:
             shared = {
                 split_path(io.path)[0]

@@ -32,6 +32,7 @@ def load_executor(settings: Settings) -> Executor:
         engine_args=engine_args,
         owner=owner,
         auth_file=settings.registry_auth_file,
+        auth_dir=settings.registry_auth_dir,
     )
 
 

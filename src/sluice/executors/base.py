@@ -30,6 +30,7 @@ class Invocation:
     network: bool = True
     gpu: bool = False
     pull_policy: str = "if-not-present"  # always | if-not-present | never (executors that pull)
+    pull_secrets: tuple[str, ...] = ()  # names of registry logins (OSCAR's image_pull_secrets)
 
 
 @dataclass(frozen=True)

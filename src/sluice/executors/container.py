@@ -27,6 +27,7 @@ from pathlib import Path
 from sluice.errors import ExecutorError
 from sluice.executors.base import Capabilities, Completed, Invocation
 from sluice.executors.process import LOG_FILE, read_capped
+from sluice.executors.registry import MissingCredentials, auth_file_for
 
 log = logging.getLogger("sluice.containers")
 
@@ -50,6 +51,7 @@ class ContainerExecutor:
         engine_args: tuple[str, ...] = (),
         owner: str,
         auth_file: Path | None = None,
+        auth_dir: Path | None = None,
         max_threads: int = 256,
     ) -> None:
         """`engine`: podman or docker (a name on PATH or a path); `engine_args` go before `run`
@@ -63,6 +65,7 @@ class ContainerExecutor:
         self._base = [engine, *engine_args]
         self.owner = owner
         self.auth_file = auth_file
+        self.auth_dir = auth_dir
         # Asked once, at construction, so a broken engine stops `sluice serve` with a clear message.
         try:
             version = subprocess.run(
@@ -114,14 +117,19 @@ class ContainerExecutor:
                 output="",
                 error=f"environment values with line breaks cannot reach a container: {', '.join(multiline)}",
             )
+        try:
+            auth_file, merged = auth_file_for(invocation.pull_secrets, self.auth_dir, self.auth_file)
+        except MissingCredentials as exc:
+            return Completed(exit_code=None, output="", error=str(exc))
         name = f"sluice-{uuid.uuid4().hex[:16]}"
         env_file = _write_env_file(invocation.env)
         log_path = invocation.workdir / LOG_FILE
-        argv = self.run_argv(invocation, name, env_file)
+        argv = self.run_argv(invocation, name, env_file, auth_file)
         spawned: list[subprocess.Popen[bytes]] = []  # filled by the thread
         loop = asyncio.get_running_loop()
+        client_env = self._client_env(auth_file)
         running = loop.run_in_executor(
-            self._threads, _run_and_wait, argv, log_path, invocation.timeout, spawned
+            self._threads, _run_and_wait, argv, log_path, invocation.timeout, spawned, client_env
         )
         try:
             exit_code, timed_out = await asyncio.shield(running)
@@ -138,6 +146,10 @@ class ContainerExecutor:
             raise
         finally:
             os.unlink(env_file)
+            if merged and auth_file is not None:
+                auth_file.unlink(missing_ok=True)
+            if client_env is not None:
+                shutil.rmtree(client_env["DOCKER_CONFIG"], ignore_errors=True)
         output = read_capped(log_path, invocation.log_limit)
         error = None
         if timed_out:
@@ -152,7 +164,17 @@ class ContainerExecutor:
             error=error,
         )
 
-    def run_argv(self, invocation: Invocation, name: str, env_file: Path) -> list[str]:
+    def _client_env(self, auth_file: Path | None) -> dict[str, str] | None:
+        """docker has no --authfile: it reads `config.json` in $DOCKER_CONFIG, pointed at a copy."""
+        if auth_file is None or self.flavour != "docker":
+            return None
+        config = Path(tempfile.mkdtemp(prefix="sluice-docker-"))
+        shutil.copy(auth_file, config / "config.json")
+        return {**os.environ, "DOCKER_CONFIG": str(config)}
+
+    def run_argv(
+        self, invocation: Invocation, name: str, env_file: Path, auth_file: Path | None = None
+    ) -> list[str]:
         """The engine command line for one invocation (public so it can be read and tested)."""
         workdir = str(invocation.workdir)
         argv = [
@@ -179,8 +201,8 @@ class ContainerExecutor:
             argv += ["--network", "none"]
         if invocation.gpu:
             argv += ["--gpus", "all"] if self.flavour == "docker" else ["--device", "nvidia.com/gpu=all"]
-        if self.auth_file is not None and self.flavour == "podman":
-            argv += ["--authfile", str(self.auth_file)]
+        if auth_file is not None and self.flavour == "podman":
+            argv += ["--authfile", str(auth_file)]
         return [*argv, invocation.image, *invocation.argv]
 
     def _remove(self, *containers: str) -> list[str]:
@@ -220,13 +242,22 @@ def _write_env_file(env: dict[str, str]) -> Path:
 
 
 def _run_and_wait(
-    argv: list[str], log_path: Path, timeout: float, spawned: list[subprocess.Popen[bytes]]
+    argv: list[str],
+    log_path: Path,
+    timeout: float,
+    spawned: list[subprocess.Popen[bytes]],
+    env: dict[str, str] | None,
 ) -> tuple[int, bool]:
     """Run the engine's client in a worker thread; True if the timeout came first (still running)."""
     with log_path.open("wb") as log_file:
         # In the job's folder: conmon drops files (an `oom` marker) in its working directory.
         process = subprocess.Popen(
-            argv, cwd=log_path.parent, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+            argv,
+            cwd=log_path.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     spawned.append(process)
     try:

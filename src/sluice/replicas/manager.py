@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.db.services import ServiceRecord
+from sluice.errors import Overloaded
 from sluice.executors.process import host_environment
 from sluice.metrics import Metrics
 from sluice.replicas.pool import ReplicaPool, Scaling
@@ -38,9 +39,14 @@ class ReplicaManager:
         self.max_waiting = max_waiting
         self._pools: dict[str, tuple[str, ReplicaPool]] = {}
         self._retired: set[asyncio.Task[None]] = set()
+        self._stopped: set[str] = set()  # stopped on request (OSCAR's stop route), until started
 
     def pool_for(self, record: ServiceRecord) -> ReplicaPool:
         """The service's pool; a changed definition gets a fresh pool, the old one is drained."""
+        if record.spec.name in self._stopped:
+            raise Overloaded(
+                f"service '{record.spec.name}' is stopped: POST /system/services/{record.spec.name}/start", 60
+            )
         fingerprint = _fingerprint(record)
         held = self._pools.get(record.spec.name)
         if held is not None and held[0] == fingerprint:
@@ -64,8 +70,40 @@ class ReplicaManager:
 
     def warm(self, record: ServiceRecord) -> None:
         """Start `min_scale` replicas now, so the first call finds one ready."""
-        if record.spec.handler:
+        if record.spec.handler and record.spec.name not in self._stopped:
             self.pool_for(record).ensure_min()
+
+    def start(self, record: ServiceRecord) -> None:
+        """Undo a stop; bring up `min_scale` replicas, and at least one."""
+        self._stopped.discard(record.spec.name)
+        pool = self.pool_for(record)
+        pool.ensure_min()
+        pool.warm_one()
+
+    def stop_service(self, record: ServiceRecord) -> None:
+        """Stop every replica and refuse calls (503) until started again."""
+        self.drop(record.spec.name)
+        self._stopped.add(record.spec.name)
+
+    def is_stopped(self, name: str) -> bool:
+        return name in self._stopped
+
+    def log_tail(self, record: ServiceRecord, lines: int) -> list[str]:
+        """The last lines the service's current replicas printed (their shared log file)."""
+        path = self.root / record.spec.name / _fingerprint(record)[:16] / "replica.log"
+        try:
+            with path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - lines * 512))
+                text = handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        return text.splitlines()[-lines:]
+
+    def forget(self, name: str) -> None:
+        """The service was deleted: its replicas stop, a stop on it is forgotten."""
+        self.drop(name)
+        self._stopped.discard(name)
 
     def drop(self, name: str) -> None:
         held = self._pools.pop(name, None)

@@ -93,6 +93,7 @@ async def invoke(
         network=spec.network,
         gpu=spec.enable_gpu,
         pull_policy=spec.image_pull_policy,
+        pull_secrets=tuple(spec.image_pull_secrets or ()),
     )
     async with gate or contextlib.nullcontext():
         completed = await executor.run(invocation)

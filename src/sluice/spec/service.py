@@ -16,6 +16,7 @@ from sluice.spec.code import check_code
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 ENTRY_POINT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
+SECRET_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")  # Kubernetes' rule for secret names
 HANDLER_SCRIPT = "# A handler service: calls and files go to its handler in warm replicas.\n"
 QUANTITY_PATTERN = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
 QUANTITY_FACTORS = {
@@ -295,6 +296,14 @@ class ServiceSpec(_Strict):
     def _code_archive(cls, value: str | None) -> str | None:
         if value is not None:
             check_code(value)
+        return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if not SECRET_NAME.fullmatch(name):
+                raise ValueError(f"'{name}' is not a secret name (lowercase letters, digits, '-' and '.')")
         return value
 
     @field_validator("handler", "init")
