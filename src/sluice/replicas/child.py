@@ -4,13 +4,16 @@ socket closes. Started by the server as
     python -m sluice.replicas.child --fd 3 --handler model:predict [--init model:load]
         [--code-dir DIR] [--batch-size 8 --batch-wait-ms 5]
 
+or as a spare, with `--fd` only, started before any service needs it: it then waits for an
+ASSIGN frame naming its service (folder, environment, log, options), which saves a cold start
+the interpreter's own start-up and imports.
+
 It imports only the standard library and `sluice.handler`/`sluice.replicas.wire`, so it starts in
 tens of milliseconds plus whatever the service's own imports and `init` take.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -197,30 +200,56 @@ class Replica:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sluice.replicas.child")
-    parser.add_argument("--fd", type=int, required=True, help="the socket inherited from the server")
-    parser.add_argument("--handler", required=True)
-    parser.add_argument("--init")
-    parser.add_argument("--code-dir")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--batch-wait-ms", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    sock = socket.socket(fileno=args.fd)
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    sock = socket.socket(fileno=int(options["fd"]))
+    if "handler" not in options:
+        # A spare, started ahead of need: it waits to be told which service to become.
+        try:
+            frame = Frames(sock).next()
+        except EOFError:
+            return 0  # the server stopped before it needed this spare
+        assert frame is not None and frame[1] == wire.ASSIGN
+        options.update(parse_options(become(frame[2])))
     # The service's code comes first on the import path, then the replica's working folder.
-    for folder in (os.getcwd(), args.code_dir):
+    for folder in (os.getcwd(), options.get("code-dir")):
         if folder:
             sys.path.insert(0, folder)
     try:
-        state = load(args.init)() if args.init else None
-        handler = load(args.handler)
+        state = load(options["init"])() if options.get("init") else None
+        handler = load(options["handler"])
     except BaseException as exc:  # an import error, a missing model file, a SystemExit in init
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         traceback.print_exc()
         sock.sendall(wire.encode(0, wire.INIT_FAILED, {"error": detail}))
         return 1
     sock.sendall(wire.encode(0, wire.READY, {"pid": os.getpid()}))
-    Replica(sock, handler, state).serve(args.batch_size, args.batch_wait_ms / 1000)
+    batch_size = int(options.get("batch-size", 1))
+    Replica(sock, handler, state).serve(batch_size, float(options.get("batch-wait-ms", 0)) / 1000)
     return 0
+
+
+def parse_options(args: list[str]) -> dict[str, str]:
+    """`--name value` pairs (the server writes them; argparse would cost a cold start 10 ms)."""
+    if len(args) % 2 or not all(name.startswith("--") for name in args[::2]):
+        raise SystemExit(
+            f"usage: python -m sluice.replicas.child --fd N [--handler mod:function ...]: {args}"
+        )
+    return {name[2:]: value for name, value in zip(args[::2], args[1::2], strict=True)}
+
+
+def become(assignment: dict[str, Any]) -> list[str]:
+    """Turn a spare into a service's replica: its folder, environment and log; returns its options."""
+    os.chdir(assignment["cwd"])
+    os.environ.clear()
+    os.environ.update(assignment["env"])
+    for folder in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+        if folder:
+            sys.path.insert(0, folder)  # read at interpreter start, which came before the assignment
+    log = os.open(assignment["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return assignment["args"]
 
 
 if __name__ == "__main__":

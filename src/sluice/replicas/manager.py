@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -17,9 +18,11 @@ from sluice.errors import Overloaded
 from sluice.executors.process import host_environment
 from sluice.metrics import Metrics
 from sluice.replicas.pool import ReplicaPool, Scaling
-from sluice.replicas.process import Call, Launch
+from sluice.replicas.process import Call, Launch, Spare
 from sluice.spec.code import unpack_code
 from sluice.spec.service import ServiceSpec
+
+log = logging.getLogger("sluice.replicas")
 
 
 class ReplicaManager:
@@ -39,7 +42,11 @@ class ReplicaManager:
         self.max_waiting = max_waiting
         self._pools: dict[str, tuple[str, ReplicaPool]] = {}
         self._retired: set[asyncio.Task[None]] = set()
+        self._closed = False
         self._stopped: set[str] = set()  # stopped on request (OSCAR's stop route), until started
+        # One replica process kept started ahead: a cold start then skips the interpreter's start.
+        self._spare: Spare | None = None
+        self._spawning: asyncio.Task[None] | None = None
 
     def pool_for(self, record: ServiceRecord) -> ReplicaPool:
         """The service's pool; a changed definition gets a fresh pool, the old one is drained."""
@@ -54,7 +61,10 @@ class ReplicaManager:
         if held is not None:
             self._retire(held[1])
         launch = self._launch(record, fingerprint)
-        pool = ReplicaPool(record.spec.name, launch, self._scaling(record.spec), self.metrics)
+        pool = ReplicaPool(
+            record.spec.name, launch, self._scaling(record.spec), self.metrics, self._take_spare
+        )
+        self._keep_spare()
         self._pools[record.spec.name] = (fingerprint, pool)
         return pool
 
@@ -120,7 +130,35 @@ class ReplicaManager:
     async def stop(self) -> None:
         pools = [pool for _, pool in self._pools.values()]
         self._pools.clear()
+        self._closed = True
+        if self._spawning is not None:
+            await asyncio.gather(self._spawning, return_exceptions=True)
+        if self._spare is not None:
+            await self._spare.discard()
         await asyncio.gather(*(pool.close() for pool in pools), *self._retired, return_exceptions=True)
+
+    def _take_spare(self) -> Spare | None:
+        spare, self._spare = self._spare, None
+        self._keep_spare()
+        return spare if spare is not None and spare.alive else None
+
+    def _keep_spare(self) -> None:
+        if self._spare is None and self._spawning is None and not self._closed:
+            self._spawning = asyncio.get_running_loop().create_task(self._spawn_spare(), name="spare-replica")
+
+    async def _spawn_spare(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            env = {**host_environment(), "PYTHONUNBUFFERED": "1"}
+            spare = await Spare.spawn(env, self.root)
+            if self._closed:
+                await spare.discard()
+            else:
+                self._spare = spare
+        except Exception:
+            log.exception("could not start a spare replica; cold starts will start their own")
+        finally:
+            self._spawning = None
 
     def _retire(self, pool: ReplicaPool) -> None:
         task = asyncio.get_running_loop().create_task(pool.close())

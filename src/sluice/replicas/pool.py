@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from sluice.replicas.process import (
     Launch,
     ReplicaGone,
     ReplicaProcess,
+    Spare,
 )
 
 log = logging.getLogger("sluice.replicas")
@@ -75,9 +77,15 @@ class HandlerError(InvocationFailed):
 
 class ReplicaPool:
     def __init__(
-        self, service: str, launch: Launch, scaling: Scaling, metrics: Metrics | None = None
+        self,
+        service: str,
+        launch: Launch,
+        scaling: Scaling,
+        metrics: Metrics | None = None,
+        spares: Callable[[], Spare | None] | None = None,
     ) -> None:
         self.service = service
+        self._spares = spares  # replicas started ahead: a cold start takes one if there is one
         self.metrics = metrics
         self.launch = launch
         self.scaling = scaling
@@ -234,7 +242,7 @@ class ReplicaPool:
 
     async def _bring_up(self, replica: ReplicaProcess) -> None:
         try:
-            await replica.start(self.scaling.start_timeout)
+            await replica.start(self.scaling.start_timeout, self._spares() if self._spares else None)
         except Exception as exc:
             message = f"a replica could not start: {exc}" if isinstance(exc, ReplicaGone) else None
             if message is None:

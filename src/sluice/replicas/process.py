@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sluice.replicas import wire
 
@@ -89,29 +90,17 @@ class ReplicaProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    async def start(self, timeout: float) -> None:
-        """Start the child and wait until its `init` returned. Raises ReplicaGone if it failed."""
-        ours, theirs = socket.socketpair()
-        log = self.launch.log.open("ab")
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sluice.replicas.child",
-                "--fd",
-                str(theirs.fileno()),
-                *self.launch.args,
-                env=self.launch.env,
-                cwd=self.launch.cwd,
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # a kill reaches whatever the handler started
-            )
-        finally:
-            theirs.close()
-            log.close()
+    async def start(self, timeout: float, spare: Spare | None = None) -> None:
+        """Start the child (or assign it a spare started ahead) and wait until its `init` returned.
+        Raises ReplicaGone if it failed."""
+        if spare is not None:
+            self._process, ours = spare.process, spare.sock
+            assignment = {"args": self.launch.args, "env": self.launch.env, "cwd": str(self.launch.cwd),
+                          "log": str(self.launch.log)}  # fmt: skip
+            ours.sendall(wire.encode(0, wire.ASSIGN, assignment))
+        else:
+            with self.launch.log.open("ab") as log:
+                self._process, ours = await _spawn(self.launch.args, self.launch.env, self.launch.cwd, log)
         if self.launch.memory_bytes:
             with contextlib.suppress(ProcessLookupError):
                 limit = self.launch.memory_bytes
@@ -206,6 +195,60 @@ class ReplicaProcess:
             if not future.done():
                 future.set_exception(ReplicaGone(self.error or "the replica stopped"))
         self._on_exit(self)
+
+
+class Spare:
+    """A replica process started before any service needed it: its interpreter is up and its
+    imports done, so a cold start only pays for the service's own imports and `init`."""
+
+    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
+        self.process = process
+        self.sock = sock
+
+    @classmethod
+    async def spawn(cls, env: dict[str, str], cwd: Path) -> Spare:
+        return cls(*await _spawn([], env, cwd, asyncio.subprocess.DEVNULL))
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def discard(self) -> None:
+        self.sock.close()  # it sees the end of its socket and exits
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await self.process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+async def _spawn(
+    args: list[str], env: dict[str, str], cwd: Path, output: Any
+) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    ours, theirs = socket.socketpair()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sluice.replicas.child",
+            "--fd",
+            str(theirs.fileno()),
+            *args,
+            env=env,
+            cwd=cwd,
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a kill reaches whatever the handler started
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, ours
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, dict, bytes]:  # type: ignore[type-arg]

@@ -16,6 +16,7 @@ MAX_META = 1024 * 1024
 
 # server -> replica
 CALL = 1  # meta: {"content_type", "headers", "params"}; body: the request body
+ASSIGN = 6  # to a spare: become a service's replica; meta: {"args", "env", "cwd", "log"}
 # replica -> server
 READY = 2  # after init returned; meta: {"pid"}
 INIT_FAILED = 3  # meta: {"error"}
