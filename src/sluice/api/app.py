@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sluice import __version__
-from sluice.api import buckets, deployment, events, jobs, run, services, system, users, v2
+from sluice.api import buckets, deployment, events, exposed, jobs, run, services, system, users, v2
 from sluice.api.auth import Authenticator
 from sluice.api.errors import install_error_handlers
 from sluice.api.gateway import RunGateway
@@ -62,7 +62,7 @@ def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ())
     install_error_handlers(app)
     # Calls to handler services skip FastAPI's routing (see gateway.py); everything else goes on.
     app.add_middleware(RunGateway, platform=platform, auth=app.state.auth, max_body=settings.max_body)
-    for module in (system, services, deployment, jobs, run, v2, buckets, events, users):
+    for module in (system, services, deployment, exposed, jobs, run, v2, buckets, events, users):
         app.include_router(module.router)
     app.include_router(system.fallback_router)
     return app

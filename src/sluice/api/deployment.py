@@ -92,7 +92,7 @@ async def restart(name: str, request: Request, caller: Caller = Depends(require_
 
 async def _replicated(request: Request, caller: Caller, name: str) -> ServiceRecord:
     record = await managed_service(request.app.state.platform, caller, name)
-    if not record.spec.handler:
+    if not record.spec.handler and record.spec.expose is None:
         raise InvalidInput(f"service '{name}' runs a script per job: nothing runs to start, stop or restart")
     return record
 
@@ -101,10 +101,17 @@ def _status(request: Request, record: ServiceRecord) -> dict[str, Any]:
     """OSCAR's ServiceDeploymentStatus for what runs of the service here."""
     name = record.spec.name
     common = {"service_name": name, "namespace": "", "last_transition_time": _now()}
+    replicas = request.app.state.platform.replicas
+    if record.spec.expose is not None and not record.spec.handler:
+        exposed = replicas.exposed_status(name) or {"copies": 0, "healthy": 0, "last_error": None}
+        state = "ready" if exposed["healthy"] else "starting"
+        state = "stopped" if replicas.is_stopped(name) else state
+        return {**common, "resource_kind": "exposed", "state": state, "active_instances": exposed["healthy"],
+                "affected_instances": exposed["copies"] - exposed["healthy"],
+                "reason": exposed["last_error"] or ""}  # fmt: skip
     if not record.spec.handler:
         return {**common, "resource_kind": "jobs", "state": "on-demand", "active_instances": 0,
                 "affected_instances": 0, "reason": "a script service runs one process per job"}  # fmt: skip
-    replicas = request.app.state.platform.replicas
     status = replicas.status(name) or {"ready": 0, "starting": 0, "last_error": None}
     if replicas.is_stopped(name):
         state, reason = "stopped", f"stopped on request: POST /system/services/{name}/start"

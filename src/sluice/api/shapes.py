@@ -36,8 +36,10 @@ def service_json(record: ServiceRecord, executor: Executor) -> dict[str, Any]:
     inactive = record.spec.inactive_fields()
     if executor.capabilities.runs_images:
         inactive = [f for f in inactive if f != "image_pull_secrets"]  # the container executor uses them
-    elif record.spec.enable_gpu:
-        inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
+    else:
+        inactive = [f for f in inactive if f != "expose"]  # exposed services run as host processes
+        if record.spec.enable_gpu:
+            inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
     if inactive:
         data["sluice_inactive_fields"] = inactive
     return data

@@ -79,6 +79,7 @@ class Platform:
             max_waiting=settings.sync_max_waiting,
             start_timeout=settings.replica_start_timeout,
             metrics=self.metrics,
+            run_exposed=not executor.capabilities.runs_images,
         )
         self.metrics.watch_replicas(self.replicas.all_status)
         self.dispatcher = Dispatcher(

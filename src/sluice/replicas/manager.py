@@ -13,10 +13,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from sluice.db.services import ServiceRecord
 from sluice.errors import Overloaded
 from sluice.executors.process import host_environment
 from sluice.metrics import Metrics
+from sluice.replicas.exposed import ExposedLaunch, ExposedService
 from sluice.replicas.pool import ReplicaPool, Scaling
 from sluice.replicas.process import Call, Launch, Spare
 from sluice.spec.code import unpack_code
@@ -34,8 +37,10 @@ class ReplicaManager:
         max_waiting: int,
         start_timeout: float,
         metrics: Metrics | None = None,
+        run_exposed: bool = True,
     ) -> None:
         self.root = root
+        self.run_exposed = run_exposed  # exposed services run their script on the host: process executor
         self.start_timeout = start_timeout
         self.metrics = metrics
         self.default_timeout = default_timeout
@@ -43,6 +48,8 @@ class ReplicaManager:
         self._pools: dict[str, tuple[str, ReplicaPool]] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._exposed: dict[str, tuple[str, ExposedService]] = {}
+        self._proxy_session: aiohttp.ClientSession | None = None
         self._stopped: set[str] = set()  # stopped on request (OSCAR's stop route), until started
         # One replica process kept started ahead: a cold start then skips the interpreter's start.
         self._spare: Spare | None = None
@@ -79,13 +86,79 @@ class ReplicaManager:
         return call
 
     def warm(self, record: ServiceRecord) -> None:
-        """Start `min_scale` replicas now, so the first call finds one ready."""
-        if record.spec.handler and record.spec.name not in self._stopped:
+        """Start `min_scale` replicas now, so the first call finds one ready; start (or restart,
+        if its definition changed) an exposed service."""
+        if record.spec.name in self._stopped:
+            return
+        if record.spec.handler:
             self.pool_for(record).ensure_min()
+        elif record.spec.expose is not None and self.run_exposed:
+            self._ensure_exposed(record)
+
+    def exposed_target(self, record: ServiceRecord) -> str | None:
+        """Where to proxy a request for the exposed service: a healthy copy's base URL."""
+        held = self._exposed.get(record.spec.name)
+        if held is None or held[0] != _fingerprint(record):
+            if record.spec.name in self._stopped:
+                return None
+            self._ensure_exposed(record)
+            return None
+        return held[1].pick()
+
+    def proxy_session(self) -> aiohttp.ClientSession:
+        """One HTTP client for every proxied request to exposed services (made on first use)."""
+        if self._proxy_session is None:
+            self._proxy_session = aiohttp.ClientSession(
+                auto_decompress=False, timeout=aiohttp.ClientTimeout(total=self.default_timeout)
+            )
+        return self._proxy_session
+
+    def exposed_status(self, name: str) -> dict[str, Any] | None:
+        held = self._exposed.get(name)
+        return held[1].status() if held else None
+
+    def _ensure_exposed(self, record: ServiceRecord) -> None:
+        spec = record.spec
+        assert spec.expose is not None
+        fingerprint = _fingerprint(record)
+        held = self._exposed.get(spec.name)
+        if held is not None and held[0] == fingerprint:
+            return
+        if held is not None:
+            self._retire_exposed(held[1])
+        folder = self.root / spec.name / fingerprint[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        script = folder / "script.sh"
+        script.write_text(spec.script)
+        expose = spec.expose
+        launch = ExposedLaunch(
+            argv=["/bin/sh", str(script)],
+            env={**self._service_env(record), **{"OSCAR_SERVICE_NAME": spec.name}},
+            cwd=folder,
+            log=folder / "exposed.log",
+            fixed_port=expose.api_port[0] if expose.api_port else None,
+            health_path=expose.health_path
+            if expose.health_path.startswith("/")
+            else "/" + expose.health_path,
+            start_timeout=self.start_timeout,
+        )
+        runner = ExposedService(
+            spec.name, launch, copies=min(max(1, expose.min_scale), expose.max_scale or 1)
+        )
+        runner.start()
+        self._exposed[spec.name] = (fingerprint, runner)
+
+    def _retire_exposed(self, runner: ExposedService) -> None:
+        task = asyncio.get_running_loop().create_task(runner.stop())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     def start(self, record: ServiceRecord) -> None:
-        """Undo a stop; bring up `min_scale` replicas, and at least one."""
+        """Undo a stop; bring up `min_scale` replicas, and at least one (or the exposed copies)."""
         self._stopped.discard(record.spec.name)
+        if not record.spec.handler:
+            self.warm(record)
+            return
         pool = self.pool_for(record)
         pool.ensure_min()
         pool.warm_one()
@@ -119,6 +192,9 @@ class ReplicaManager:
         held = self._pools.pop(name, None)
         if held is not None:
             self._retire(held[1])
+        exposed = self._exposed.pop(name, None)
+        if exposed is not None:
+            self._retire_exposed(exposed[1])
 
     def status(self, name: str) -> dict[str, Any] | None:
         held = self._pools.get(name)
@@ -130,6 +206,11 @@ class ReplicaManager:
     async def stop(self) -> None:
         pools = [pool for _, pool in self._pools.values()]
         self._pools.clear()
+        exposed = [runner for _, runner in self._exposed.values()]
+        self._exposed.clear()
+        await asyncio.gather(*(runner.stop() for runner in exposed), return_exceptions=True)
+        if self._proxy_session is not None:
+            await self._proxy_session.close()
         self._closed = True
         if self._spawning is not None:
             await asyncio.gather(self._spawning, return_exceptions=True)
@@ -159,6 +240,12 @@ class ReplicaManager:
             log.exception("could not start a spare replica; cold starts will start their own")
         finally:
             self._spawning = None
+
+    @staticmethod
+    def _service_env(record: ServiceRecord) -> dict[str, str]:
+        """What a long-running process of the service sees: a few host variables, the service's
+        variables and secrets, its name and token."""
+        return _service_env_of(record)
 
     def _retire(self, pool: ReplicaPool) -> None:
         task = asyncio.get_running_loop().create_task(pool.close())
@@ -201,17 +288,21 @@ class ReplicaManager:
                 f"{spec.batch.max_wait_ms:g}",
             ]
         folder.mkdir(parents=True, exist_ok=True)
-        env = {
-            **host_environment(),
-            **spec.environment.variables,
-            **spec.environment.secrets,
-            "OSCAR_SERVICE_NAME": spec.name,
-            "OSCAR_SERVICE_TOKEN": record.token,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = {**self._service_env(record), "PYTHONUNBUFFERED": "1"}
         return Launch(
             args=args, env=env, cwd=folder, memory_bytes=spec.memory_limit, log=folder / "replica.log"
         )
+
+
+def _service_env_of(record: ServiceRecord) -> dict[str, str]:
+    spec = record.spec
+    return {
+        **host_environment(),
+        **spec.environment.variables,
+        **spec.environment.secrets,
+        "OSCAR_SERVICE_NAME": spec.name,
+        "OSCAR_SERVICE_TOKEN": record.token,
+    }
 
 
 def _fingerprint(record: ServiceRecord) -> str:

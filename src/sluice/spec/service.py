@@ -145,6 +145,16 @@ class Batch(_Strict):
 
 
 class Expose(_Loose):
+    """OSCAR's exposed service: the script is an HTTP server, kept running and proxied at
+    /system/services/{name}/exposed/. Other OSCAR keys (cpu_threshold, nodePort, ...) are kept."""
+
+    min_scale: int = Field(default=1, ge=0, le=100)
+    max_scale: int = Field(default=10, ge=0, le=100)
+    api_port: list[int] = Field(default_factory=list)
+    health_path: str = "/"
+    rewrite_target: bool = False  # true: the app sees paths without the /system/.../exposed prefix
+    set_auth: bool = False
+
     @model_validator(mode="before")
     @classmethod
     def _ports_as_lists(cls, data: Any) -> Any:
