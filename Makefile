@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/python -m sluice.demo.digits --train >/dev/null
-	@echo "Starting Sluice on http://127.0.0.1:$(PORT) with the demo service 'digits'. In another shell:"
+	@echo "Starting Sluice on http://127.0.0.1:$(PORT) with the demo services 'digits' (a script per file)"
+	@echo "and 'digits-warm' (the model kept loaded). In another shell:"
 	@echo "  $(BIN)/sluice put-file digits/input examples/digits/samples/*.csv"
 	@echo "  $(BIN)/sluice jobs digits"
 	@echo "  $(BIN)/sluice ls digits/output"
 	@echo "  $(BIN)/sluice get-file digits/output/digit-1579-0.json - "
-	$(BIN)/sluice serve --port $(PORT) --apply examples/digits/digits.yaml
+	@echo "  $(BIN)/sluice run digits-warm examples/digits/samples/digit-1579-0.csv"
+	$(BIN)/sluice serve --port $(PORT) --apply examples/digits/digits.yaml --apply examples/digits-handler/digits.yaml
 
 # PostgreSQL server binaries for the throwaway test cluster (tests/pg.py); podman, runc and a
 # static busybox for the container tests (tests/podman.py builds their image from it).

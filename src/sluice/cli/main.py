@@ -189,8 +189,12 @@ def serve(
         )
     console.print(f"Sluice listening on {settings.base_url}, data in {settings.data_dir}")
     for spec in specs:
-        inputs = ", ".join(io.path for io in spec.input) or "none"
-        console.print(f"service {spec.name}: drop files into {inputs}")
+        ways = [f"drop files into {', '.join(io.path for io in spec.input)}"] if spec.input else []
+        if spec.handler:
+            ways.append(f"call it: sluice run {spec.name} FILE")
+        elif spec.expose is not None:
+            ways.append(f"browse {settings.base_url}/system/services/{spec.name}/exposed/")
+        console.print(f"service {spec.name}: {'; '.join(ways) or 'POST /job/' + spec.name}")
     uvicorn.run(
         application,
         host=settings.host,
@@ -393,13 +397,15 @@ def replicas(ctx: typer.Context, service: str) -> None:
             "-" if idle is None else f"{idle:.1f}",
         )  # fmt: skip
     console.print(table)
-    scaling = status["scaling"]
-    cold = status["last_cold_start_seconds"]
-    console.print(
-        f"{status['ready']} ready, {status['starting']} starting, {status['waiting']} waiting; "
-        f"scale {scaling['min_scale']}..{scaling['max_scale']}, {scaling['concurrency']} calls per replica, "
-        f"idle timeout {scaling['idle_timeout']:g} s"
-    )
+    scaling, cold = status["scaling"], status["last_cold_start_seconds"]
+    if status.get("stopped"):
+        console.print(f"stopped: start it with POST /system/services/{service}/start")
+    else:
+        console.print(
+            f"{status['ready']} ready, {status['starting']} starting, {status['waiting']} waiting; "
+            f"scale {scaling['min_scale']}..{scaling['max_scale']}, {scaling['concurrency']} calls per "
+            f"replica, idle timeout {scaling['idle_timeout']:g} s"
+        )
     console.print(
         f"{status['calls']} calls, {status['failures']} failed, {status['cold_starts']} cold starts"
         + (f" (last {cold * 1000:.0f} ms)" if cold is not None else "")

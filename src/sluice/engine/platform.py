@@ -44,6 +44,7 @@ from sluice.errors import (
 from sluice.executors.base import Executor
 from sluice.metrics import Metrics
 from sluice.replicas.manager import ReplicaManager
+from sluice.replicas.pool import ReplicaPool
 from sluice.replicas.process import Call
 from sluice.runtime.invocation import EVENT_TIME_FORMAT, event_for
 from sluice.runtime.workspace import WorkspacePool
@@ -399,7 +400,12 @@ class Platform:
         """The replicas of a handler service: counts, load, cold starts, the last error."""
         if not record.spec.handler:
             raise InvalidInput(f"service '{record.spec.name}' runs a script: it has no replicas")
-        return self.replicas.status(record.spec.name) or self.replicas.pool_for(record).status()
+        if self.replicas.is_stopped(record.spec.name):
+            return {**ReplicaPool.idle_status(), "stopped": True}
+        return {
+            **(self.replicas.status(record.spec.name) or self.replicas.pool_for(record).status()),
+            "stopped": False,
+        }
 
     # jobs
 

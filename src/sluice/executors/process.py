@@ -1,7 +1,9 @@
 """Run invocations as host processes: `/bin/sh script.sh` with the service's limits where the OS has them.
 
 Memory: `memory` becomes RLIMIT_DATA (`ulimit -d`), which counts the heap and private anonymous memory
-but not shared libraries, so it tracks what a program really allocates. CPU: not limited per process
+but not shared libraries, so it tracks what a program really allocates. The shell sets it before
+it reads the script (`sh -c 'ulimit -d N && . script'`): set from outside on the running process,
+a busy server could be late, and a fast script would allocate before the limit. CPU: not limited per process
 (the dispatcher bounds how many jobs run at once); running in containers is planned for that.
 
 Each process is started and awaited from a worker thread with `subprocess` (vfork + exec): on uvloop
@@ -15,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -106,6 +107,11 @@ def _spawn_and_wait(
     argv: list[str], invocation: Invocation, log_path: Path, spawned: list[subprocess.Popen[bytes]]
 ) -> tuple[int, bool]:
     """Start the process and wait for it, in one worker thread (one hop from the event loop)."""
+    if invocation.memory_bytes and argv[0] == "/bin/sh" and len(argv) == 2:
+        # In the shell itself, before the script is read: no pre-exec hook (it would force a slow
+        # fork() instead of vfork()) and no second exec. The script runs sourced, with $0 as usual.
+        kilobytes = max(1, invocation.memory_bytes // 1024)
+        argv = ["/bin/sh", "-c", f'ulimit -d {kilobytes} && . "$0"', argv[1]]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             argv,
@@ -117,12 +123,6 @@ def _spawn_and_wait(
             start_new_session=True,  # its own process group: a kill reaches the script's children
         )
     spawned.append(process)
-    if invocation.memory_bytes:
-        # Set on the running process: a pre-exec hook would force a slow fork() instead of vfork(),
-        # and a wrapper shell costs an exec. The limit is in place long before the script is read.
-        limit = invocation.memory_bytes
-        with contextlib.suppress(ProcessLookupError):
-            resource.prlimit(process.pid, resource.RLIMIT_DATA, (limit, limit))
     timed_out = False
     try:
         process.wait(invocation.timeout)

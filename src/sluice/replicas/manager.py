@@ -248,7 +248,8 @@ class ReplicaManager:
         return _service_env_of(record)
 
     def _retire(self, pool: ReplicaPool) -> None:
-        task = asyncio.get_running_loop().create_task(pool.close())
+        """Replace a pool: its calls in flight may finish (up to their timeout), then it stops."""
+        task = asyncio.get_running_loop().create_task(pool.close(drain=pool.scaling.timeout))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 

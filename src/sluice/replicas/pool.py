@@ -165,6 +165,8 @@ class ReplicaPool:
 
     async def _wait_for_replica(self, deadline: float) -> ReplicaProcess:
         if len(self._waiters) >= self.scaling.max_waiting:
+            if self._live() == 0:
+                self._start_replica()  # no line to wait in, but the next call finds a replica
             raise Overloaded(
                 f"service '{self.service}' is busy: {self._in_flight()} calls running and "
                 f"{len(self._waiters)} waiting (the most allowed); retry later"
@@ -308,15 +310,26 @@ class ReplicaPool:
                 if now - replica.last_used >= self.scaling.idle_timeout:
                     await replica.stop()
 
-    async def close(self) -> None:
-        """Stop every replica; calls still waiting fail."""
+    async def close(self, drain: float = 0.0) -> None:
+        """Stop every replica; calls still waiting fail. With `drain`, calls being answered get
+        up to that many seconds to finish first (a service update must not cut them off)."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         self._fail_waiters("the service was changed or removed")
+        deadline = time.monotonic() + drain
+        while self._in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         await asyncio.gather(*(r.stop() for r in list(self.replicas)), return_exceptions=True)
+
+    @staticmethod
+    def idle_status() -> dict[str, Any]:
+        """The status of a service with no pool (stopped): nothing runs."""
+        return {"replicas": [], "ready": 0, "starting": 0, "in_flight": 0, "waiting": 0, "calls": 0,
+                "failures": 0, "cold_starts": 0, "last_cold_start_seconds": None, "last_error": None,
+                "scaling": None}  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qsl, quote
 
+from sluice.errors import InvocationFailed
 from sluice.executors.base import Completed, Executor, Invocation
 from sluice.runtime.workspace import Workspace
 from sluice.spec.service import ServiceSpec
@@ -128,6 +129,9 @@ async def invoke_handler(
         content_type = "application/json" if _is_json(data) else "application/octet-stream"
     async with gate or contextlib.nullcontext():
         status, answer_type, body = await call(data, content_type)
+    if status >= 400:  # a Response(..., status=4xx/5xx): the handler refused the input
+        detail = body[:2000].decode(errors="replace")
+        raise InvocationFailed(f"{spec.handler} answered {status}: {detail}")
     extension = mimetypes.guess_extension(answer_type.split(";")[0].strip()) or ".bin"
     name = PurePosixPath(input_path.name).stem + extension
     (workspace.output_dir / name).write_bytes(body)

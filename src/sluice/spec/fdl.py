@@ -140,7 +140,8 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             problems.append(f"{location}: required field is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{location}: {message}")
+            # A whole-service rule has no field to name: SpecError already says which service.
+            problems.append(f"{location}: {message}" if error["loc"] else message)
     return problems
 
 
