@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8080
 
-.PHONY: run test lint bench system-deps clean
+.PHONY: run test lint bench bench-sync bench-containers system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/async_jobs.py
+
+# Synchronous calls beside a bare ASGI app and Ray Serve (installed here: it is large).
+bench-sync: $(STAMP)
+	$(BIN)/pip install --quiet "ray[serve]>=2.9"
+	$(BIN)/python benchmarks/sync.py
+
+bench-containers: system-deps $(STAMP)
+	$(BIN)/python benchmarks/containers.py
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache

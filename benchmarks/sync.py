@@ -13,7 +13,8 @@ load generator (aiohttp, N calls in flight) measures p50/p99 latency and through
 
 Also: the server's CPU time per call (sluice server + replica, from /proc), which bounds
 requests per core; and scale from zero (a call to a service whose replicas all stopped) beside
-the model's own load time. Needs `pip install "ray[serve]"` for the Ray column (`make bench`).
+the model's own load time. Needs `pip install "ray[serve]"` for the Ray column (`make bench-sync`
+installs it and runs this).
 """
 
 from __future__ import annotations
