@@ -97,7 +97,7 @@ async def service_replicas(
     name: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
     """A handler service's warm replicas: each one's state and load, calls waiting, cold starts
-    (and how long the last took), calls and failures, the last error."""
+    (and how long the last took), calls and failures, the last error. For its owner and the admin."""
     platform = request.app.state.platform
-    record = await visible_service(platform, caller, name)
+    record = await managed_service(platform, caller, name)  # last_error may quote the init's secrets
     return {"service": name, **platform.replica_status(record)}

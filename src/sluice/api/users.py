@@ -66,7 +66,8 @@ async def set_password(
 async def remove_user(name: str, request: Request, _: Caller = Depends(require_admin)) -> Response:
     """Remove the account; services and buckets it owns stay, managed by the admin."""
     platform = request.app.state.platform
-    if not await platform.db.call(accounts.remove_user, name):
+    if name not in await platform.db.call(accounts.user_names):
         raise NotFound(f"user '{name}' not found")
-    await platform.forget_user(name)
+    await platform.forget_user(name)  # first: if the store refuses, the account stays to retry
+    await platform.db.call(accounts.remove_user, name)
     return Response(status_code=204)

@@ -9,6 +9,8 @@ from sluice.db import services as service_sql
 from sluice.db.database import Database
 from sluice.db.services import ServiceRecord
 
+MAX_ENTRIES = 10_000
+
 
 class ServiceCatalog:
     def __init__(self, db: Database, ttl: float = 2.0) -> None:
@@ -23,6 +25,8 @@ class ServiceCatalog:
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         record = await self._db.call(service_sql.get, name)
+        if len(self._cache) >= MAX_ENTRIES:  # names that do not exist must not grow it for ever
+            self._cache.clear()
         self._cache[name] = (now, record)
         return record
 

@@ -197,6 +197,7 @@ class Platform:
                     await provider.delete_bucket(bucket, force=True)
                 if provider is self.storage.default:
                     await self.db.call(accounts.forget_bucket, bucket)
+            await self._rescope_s3_keys()
 
     async def _prepare_storage(self, spec: ServiceSpec, caller: Caller, owner: str) -> None:
         """Check every path's provider resolves and the caller may use every bucket on the
@@ -402,10 +403,10 @@ class Platform:
             raise InvalidInput(f"service '{record.spec.name}' runs a script: it has no replicas")
         if self.replicas.is_stopped(record.spec.name):
             return {**ReplicaPool.idle_status(), "stopped": True}
-        return {
-            **(self.replicas.status(record.spec.name) or self.replicas.pool_for(record).status()),
-            "stopped": False,
-        }
+        status = self.replicas.status(record.spec.name)  # no pool yet: nothing ran, none is made here
+        if status is None:
+            status = {**ReplicaPool.idle_status(), "scaling": self.replicas.scaling_of(record.spec)}
+        return {**status, "stopped": False}
 
     # jobs
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -39,6 +40,14 @@ PULL_POLICIES = {"always": "always", "if-not-present": "missing", "never": "neve
 ENGINE_FAILED = 125
 CDI_FOLDERS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 ENGINE_TIMEOUT = 60.0  # for housekeeping commands (version, ps, rm)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The variables podman and docker read for their own configuration.
+ENGINE_VARIABLES = (
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME", "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF",
+    "REGISTRY_AUTH_FILE", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)  # fmt: skip
 
 
 class ContainerExecutor:
@@ -70,6 +79,7 @@ class ContainerExecutor:
         try:
             version = subprocess.run(
                 [*self._base, "version", "--format", "{{.Client.Version}}"],
+                env=_engine_environment(),
                 capture_output=True,
                 text=True,
                 timeout=ENGINE_TIMEOUT,
@@ -122,16 +132,18 @@ class ContainerExecutor:
         except MissingCredentials as exc:
             return Completed(exit_code=None, output="", error=str(exc))
         name = f"sluice-{uuid.uuid4().hex[:16]}"
-        env_file = _write_env_file(invocation.env)
         log_path = invocation.workdir / LOG_FILE
-        argv = self.run_argv(invocation, name, env_file, auth_file)
         spawned: list[subprocess.Popen[bytes]] = []  # filled by the thread
         loop = asyncio.get_running_loop()
-        client_env = self._client_env(auth_file)
-        running = loop.run_in_executor(
-            self._threads, _run_and_wait, argv, log_path, invocation.timeout, spawned, client_env
-        )
+        env_file: Path | None = None
+        client_env: dict[str, str] | None = None
         try:
+            env_file = _write_env_file(invocation.env)
+            argv = self.run_argv(invocation, name, env_file, auth_file)
+            client_env = self._client_env(auth_file)
+            running = loop.run_in_executor(
+                self._threads, _run_and_wait, argv, log_path, invocation.timeout, spawned, client_env
+            )
             exit_code, timed_out = await asyncio.shield(running)
             if timed_out:
                 await self._housekeeping(*self._remove(name))
@@ -141,11 +153,13 @@ class ContainerExecutor:
             # only the engine's client process, which then ends by itself.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._housekeeping(*self._remove(name)))
-            with contextlib.suppress(Exception):
-                await running
+            if spawned:
+                with contextlib.suppress(Exception):
+                    await loop.run_in_executor(self._threads, _reap, spawned[0])
             raise
         finally:
-            os.unlink(env_file)
+            if env_file is not None:
+                env_file.unlink(missing_ok=True)
             if merged and auth_file is not None:
                 auth_file.unlink(missing_ok=True)
             if client_env is not None:
@@ -170,7 +184,7 @@ class ContainerExecutor:
             return None
         config = Path(tempfile.mkdtemp(prefix="sluice-docker-"))
         shutil.copy(auth_file, config / "config.json")
-        return {**os.environ, "DOCKER_CONFIG": str(config)}
+        return {**_engine_environment(), "DOCKER_CONFIG": str(config)}
 
     def run_argv(
         self, invocation: Invocation, name: str, env_file: Path, auth_file: Path | None = None
@@ -214,7 +228,14 @@ class ContainerExecutor:
         argv = [*self._base, *args]
         return await asyncio.get_running_loop().run_in_executor(
             self._threads,
-            lambda: subprocess.run(argv, capture_output=True, text=True, timeout=ENGINE_TIMEOUT, check=False),
+            lambda: subprocess.run(
+                argv,
+                env=_engine_environment(),
+                capture_output=True,
+                text=True,
+                timeout=ENGINE_TIMEOUT,
+                check=False,
+            ),
         )
 
     def _host_has_gpus(self) -> bool:
@@ -229,12 +250,22 @@ class ContainerExecutor:
         return False
 
 
+def _engine_environment() -> dict[str, str]:
+    """What the engine's client sees of the server's environment: its own settings only. A name
+    without a value in an env-file is taken from the client's environment, so the server's
+    secrets (SLUICE_*) must not be there."""
+    return {name: os.environ[name] for name in ENGINE_VARIABLES if name in os.environ}
+
+
 def _write_env_file(env: dict[str, str]) -> Path:
     """The container's environment as an engine env-file, readable by this user only.
 
     An env-file keeps values (secrets) off the engine's command line, which any local user can
     read. It holds one `NAME=value` per line, taken literally: values must not contain line breaks.
     """
+    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"not variable names: {bad}")  # the spec checks them; never trust a file format
     fd, path = tempfile.mkstemp(prefix="sluice-env-", suffix=".env")
     with os.fdopen(fd, "w") as handle:
         handle.writelines(f"{name}={value}\n" for name, value in env.items())
@@ -254,7 +285,7 @@ def _run_and_wait(
         process = subprocess.Popen(
             argv,
             cwd=log_path.parent,
-            env=env,
+            env=env if env is not None else _engine_environment(),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

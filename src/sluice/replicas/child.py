@@ -141,7 +141,10 @@ class Replica:
         )
         if meta.get("protocol") == "v2":
             try:
-                request.inputs = tensors.decode_inputs(request.json())
+                sent = request.json()
+                if not isinstance(sent, dict):
+                    raise ValueError("the body must be a JSON object")
+                request.inputs = tensors.decode_inputs(sent)
             except ValueError as exc:  # TensorError, or a body that is not JSON
                 raise HTTPError(400, f"not a V2 inference request: {exc}") from None
         return request
@@ -175,17 +178,26 @@ class Replica:
         self._send(wire.encode(call_id, wire.RESULT, {"status": status, "content_type": content_type}, data))
 
     def _batch(self, frames: list[tuple[int, int, dict[str, Any], bytes]]) -> None:
+        out = []
+        accepted, requests = [], []
+        for frame in frames:  # a malformed request is refused alone, not with its whole batch
+            call_id, _, meta, body = frame
+            try:
+                requests.append(self._request(meta, body))
+                accepted.append(frame)
+            except Exception as exc:
+                out.append(wire.encode(call_id, wire.ERROR, failure(exc)))
         try:
-            results = list(self._call([self._request(meta, body) for _, _, meta, body in frames]))
-            if len(results) != len(frames):
+            results = list(self._call(requests)) if requests else []
+            if len(results) != len(requests):
                 raise ValueError(
-                    f"a batch handler must return one result per request ({len(frames)}), not {len(results)}"
+                    f"a batch handler must return one result per call ({len(requests)}), not {len(results)}"
                 )
         except Exception as exc:
-            self._send(b"".join(wire.encode(call_id, wire.ERROR, failure(exc)) for call_id, *_ in frames))
+            out += [wire.encode(call_id, wire.ERROR, failure(exc)) for call_id, *_ in accepted]
+            self._send(b"".join(out))
             return
-        out = []
-        for (call_id, _, meta, body), result in zip(frames, results, strict=True):
+        for (call_id, _, meta, body), result in zip(accepted, results, strict=True):
             try:
                 status, content_type, data = self._answer(meta, body, result)
                 out.append(
@@ -239,6 +251,8 @@ def parse_options(args: list[str]) -> dict[str, str]:
 
 def become(assignment: dict[str, Any]) -> list[str]:
     """Turn a spare into a service's replica: its folder, environment and log; returns its options."""
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path.pop(0)  # the spare's own folder (holding every service's folder) is no import root
     os.chdir(assignment["cwd"])
     os.environ.clear()
     os.environ.update(assignment["env"])

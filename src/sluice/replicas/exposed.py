@@ -3,9 +3,9 @@ model API, a notebook, a dashboard). Sluice keeps `min_scale` copies of it runni
 one), each on a local port, health-checked before it takes traffic and restarted, with a growing
 pause, when it dies; the API proxies `/system/services/{name}/exposed/...` to them.
 
-The port: `$PORT` names it. A service with one copy (`max_scale: 1`) and an `api_port` gets that
-port (scripts written for OSCAR listen on a fixed one); with more copies, each gets a free port in
-`$PORT` and the script must listen there.
+The port: each copy gets a free port in `$PORT` and must listen there. OSCAR's `api_port` (a fixed
+port) is not used: on one host a fixed port could be another service's, and its callers would
+reach that service's server.
 
     runner = ExposedService(name, launch, copies=1)
     runner.start()                        # starts the copies; health checks in the background
@@ -41,7 +41,6 @@ class ExposedLaunch:
     env: dict[str, str]
     cwd: Path
     log: Path
-    fixed_port: int | None  # OSCAR's api_port, for a single copy
     health_path: str
     start_timeout: float
 
@@ -88,9 +87,11 @@ class _Copy:
         return code
 
     async def stop(self) -> None:
+        """SIGTERM to the copy's whole process group (a server the script started in the background
+        included, also when the script itself has exited), SIGKILL after a grace period."""
         self.healthy = False
         process = self.process
-        if process is None or process.returncode is not None:
+        if process is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -98,9 +99,10 @@ class _Copy:
             async with asyncio.timeout(STOP_GRACE):
                 await process.wait()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
 
 class ExposedService:
@@ -151,22 +153,25 @@ class ExposedService:
     async def _keep_running(self, index: int) -> None:
         failures = 0
         while True:
-            port = self.launch.fixed_port if self.launch.fixed_port and self.copies == 1 else _free_port()
+            port = _free_port()
             copy = _Copy(self.launch, port)
             self._running.append(copy)
+            why = None
             try:
                 assert self._session is not None
                 code = await copy.run(self._session)
+            except (OSError, ValueError) as exc:  # the command could not start at all
+                code, why = None, f"copy {index} could not start: {exc}"
             finally:
                 with contextlib.suppress(ValueError):
                     self._running.remove(copy)
                 await copy.stop()
             if code is None:
-                self.last_error = (
+                failures += 1
+                self.last_error = why or (
                     f"copy {index} did not answer {self.launch.health_path} on port {port} "
                     f"within {self.launch.start_timeout:g} s (see {self.launch.log.name})"
                 )
-                failures += 1
             else:
                 self.last_error = f"copy {index} exited with code {code} (see {self.launch.log.name})"
                 failures = 0 if time.monotonic() - copy.started_at > MAX_RESTART_DELAY else failures + 1

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from sluice.db.services import ServiceRecord
-from sluice.errors import Overloaded
+from sluice.errors import Overloaded, ServiceNotFound
 from sluice.executors.process import host_environment
 from sluice.metrics import Metrics
 from sluice.replicas.exposed import ExposedLaunch, ExposedService
@@ -26,6 +27,8 @@ from sluice.spec.code import unpack_code
 from sluice.spec.service import ServiceSpec
 
 log = logging.getLogger("sluice.replicas")
+MAX_DIGESTS = 10_000
+STARTUP_PREFIXES = ("LD_", "PYTHON", "MALLOC_")  # read when a process starts, before any import
 
 
 class ReplicaManager:
@@ -48,6 +51,9 @@ class ReplicaManager:
         self._pools: dict[str, tuple[str, ReplicaPool]] = {}
         self._retired: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._digests: dict[tuple[str, float], str] = {}
+        self._built_from: dict[str, float] = {}  # service -> updated_at of the record its pool is from
+        self._forgotten: dict[str, float] = {}  # deleted service -> when
         self._exposed: dict[str, tuple[str, ExposedService]] = {}
         self._proxy_session: aiohttp.ClientSession | None = None
         self._stopped: set[str] = set()  # stopped on request (OSCAR's stop route), until started
@@ -61,12 +67,18 @@ class ReplicaManager:
             raise Overloaded(
                 f"service '{record.spec.name}' is stopped: POST /system/services/{record.spec.name}/start", 60
             )
-        fingerprint = _fingerprint(record)
-        held = self._pools.get(record.spec.name)
+        name = record.spec.name
+        if record.updated_at <= self._forgotten.get(name, float("-inf")):
+            raise ServiceNotFound(name)  # a record read before the service was deleted
+        held = self._pools.get(name)
+        if held is not None and record.updated_at < self._built_from.get(name, 0.0):
+            return held[1]  # a record read before the last update: the newer pool stays
+        fingerprint = self._fingerprint(record)
         if held is not None and held[0] == fingerprint:
             return held[1]
         if held is not None:
             self._retire(held[1])
+        self._built_from[name] = record.updated_at
         launch = self._launch(record, fingerprint)
         pool = ReplicaPool(
             record.spec.name, launch, self._scaling(record.spec), self.metrics, self._take_spare
@@ -77,10 +89,10 @@ class ReplicaManager:
 
     def caller(self, record: ServiceRecord) -> Callable[[bytes, str], Awaitable[tuple[int, str, bytes]]]:
         """A job's way to the service's replicas: (input, its content type) -> the answer."""
-        pool = self.pool_for(record)
 
         async def call(data: bytes, content_type: str) -> tuple[int, str, bytes]:
-            answer, _ = await pool.call(Call(data, content_type))
+            # The pool is looked up when the input is ready: the service may have changed meanwhile.
+            answer, _ = await self.pool_for(record).call(Call(data, content_type))
             return answer.status, answer.content_type, answer.body
 
         return call
@@ -98,7 +110,7 @@ class ReplicaManager:
     def exposed_target(self, record: ServiceRecord) -> str | None:
         """Where to proxy a request for the exposed service: a healthy copy's base URL."""
         held = self._exposed.get(record.spec.name)
-        if held is None or held[0] != _fingerprint(record):
+        if held is None or held[0] != self._fingerprint(record):
             if record.spec.name in self._stopped:
                 return None
             self._ensure_exposed(record)
@@ -120,7 +132,7 @@ class ReplicaManager:
     def _ensure_exposed(self, record: ServiceRecord) -> None:
         spec = record.spec
         assert spec.expose is not None
-        fingerprint = _fingerprint(record)
+        fingerprint = self._fingerprint(record)
         held = self._exposed.get(spec.name)
         if held is not None and held[0] == fingerprint:
             return
@@ -136,7 +148,6 @@ class ReplicaManager:
             env={**self._service_env(record), **{"OSCAR_SERVICE_NAME": spec.name}},
             cwd=folder,
             log=folder / "exposed.log",
-            fixed_port=expose.api_port[0] if expose.api_port else None,
             health_path=expose.health_path
             if expose.health_path.startswith("/")
             else "/" + expose.health_path,
@@ -184,9 +195,21 @@ class ReplicaManager:
         return text.splitlines()[-lines:]
 
     def forget(self, name: str) -> None:
-        """The service was deleted: its replicas stop, a stop on it is forgotten."""
+        """The service was deleted: its replicas stop, a stop on it is forgotten, and records of
+        it read before the deletion bring nothing back."""
         self.drop(name)
         self._stopped.discard(name)
+        self._forgotten[name] = time.time()
+
+    def _fingerprint(self, record: ServiceRecord) -> str:
+        """The definition's digest, computed once per version (the code may weigh megabytes)."""
+        key = (record.spec.name, record.updated_at)
+        digest = self._digests.get(key)
+        if digest is None:
+            if len(self._digests) > MAX_DIGESTS:
+                self._digests.clear()
+            digest = self._digests[key] = _fingerprint(record)
+        return digest
 
     def drop(self, name: str) -> None:
         held = self._pools.pop(name, None)
@@ -253,6 +276,15 @@ class ReplicaManager:
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
+    def scaling_of(self, spec: ServiceSpec) -> dict[str, Any]:
+        scaling = self._scaling(spec)
+        return {
+            "min_scale": scaling.min_scale,
+            "max_scale": scaling.max_scale,
+            "concurrency": scaling.concurrency,
+            "idle_timeout": scaling.idle_timeout,
+        }
+
     def _scaling(self, spec: ServiceSpec) -> Scaling:
         sync = spec.synchronous
         concurrency = max(sync.concurrency, spec.batch.max_size if spec.batch else 1)
@@ -290,8 +322,15 @@ class ReplicaManager:
             ]
         folder.mkdir(parents=True, exist_ok=True)
         env = {**self._service_env(record), "PYTHONUNBUFFERED": "1"}
+        own = {**spec.environment.variables, **spec.environment.secrets}
+        fresh = any(name.startswith(STARTUP_PREFIXES) and name != "PYTHONPATH" for name in own)
         return Launch(
-            args=args, env=env, cwd=folder, memory_bytes=spec.memory_limit, log=folder / "replica.log"
+            args=args,
+            env=env,
+            cwd=folder,
+            memory_bytes=spec.memory_limit,
+            log=folder / "replica.log",
+            fresh_process=fresh,
         )
 
 

@@ -100,23 +100,30 @@ class ReplicaPool:
     # calls
 
     async def call(self, call: Call) -> tuple[Answer, Timing]:
-        """Answer one call; also says how long it waited for a replica and the replica took."""
+        """Answer one call; also says how long it waited for a replica and the replica took.
+
+        Waiting for a replica and the handler's own work are each bounded by the service's
+        `timeout`: only a handler that overran its own budget has its replica killed.
+        """
         self._ensure_reaper()
         arrived = time.monotonic()
-        deadline = arrived + self.scaling.timeout
-        replica = self._take_free()
         outcome = "ok"
         try:
+            if self._closed:
+                raise InvocationFailed(f"service '{self.service}' was changed or removed; call again")
+            replica = self._take_free()
             if replica is None:
-                replica = await self._wait_for_replica(deadline)
+                replica = await self._wait_for_replica(arrived + self.scaling.timeout)
             sent = time.monotonic()
             self.stats.calls += 1
             try:
-                async with asyncio.timeout_at(_loop_time(deadline)):
+                async with asyncio.timeout(self.scaling.timeout):
                     answer = await replica.call(call)
-            except TimeoutError:
-                # Stuck in the handler: killing it is the only way to free the slot, and it must
-                # happen before the release, which would hand the replica to a waiting call.
+            except (ReplicaGone, HandlerFailed):
+                raise
+            except BaseException:
+                # Timed out or abandoned (a cancelled job): the handler is still busy with the call,
+                # and only a kill frees the slot. Before the release, which would hand it on.
                 replica.kill()
                 raise
             finally:
@@ -161,6 +168,7 @@ class ReplicaPool:
                 best = replica
         if best is not None:
             best.in_flight += 1
+            best.last_used = time.monotonic()  # taken: not idle, whatever the reaper saw before
         return best
 
     async def _wait_for_replica(self, deadline: float) -> ReplicaProcess:
@@ -177,10 +185,16 @@ class ReplicaPool:
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 return await waiter
-        except TimeoutError:
-            raise InvocationTimeout(
-                f"service '{self.service}' found no free replica in its {self.scaling.timeout:g} s timeout"
-            ) from None  # not TimeoutError: the caller must not kill a replica it never had
+        except BaseException as exc:
+            # Given up (timeout, cancellation) in the very turn a replica was handed over: its
+            # slot goes back, or it would stay taken for good.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())
+            if isinstance(exc, TimeoutError):  # not re-raised as is: no replica of ours to kill
+                raise InvocationTimeout(
+                    f"service '{self.service}' found no free replica in {self.scaling.timeout:g} s"
+                ) from None
+            raise
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
@@ -197,6 +211,7 @@ class ReplicaPool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 replica.in_flight += 1
+                replica.last_used = time.monotonic()
                 waiter.set_result(replica)
 
     def _fail_waiters(self, message: str) -> None:
@@ -244,8 +259,12 @@ class ReplicaPool:
 
     async def _bring_up(self, replica: ReplicaProcess) -> None:
         try:
-            await replica.start(self.scaling.start_timeout, self._spares() if self._spares else None)
+            spare = self._spares() if self._spares and not self.launch.fresh_process else None
+            await replica.start(self.scaling.start_timeout, spare)
         except Exception as exc:
+            with contextlib.suppress(ValueError):
+                self.replicas.remove(replica)  # whatever failed, it no longer counts as starting
+            await replica.abort()
             message = f"a replica could not start: {exc}" if isinstance(exc, ReplicaGone) else None
             if message is None:
                 log.exception("service %s: starting a replica failed", self.service)
@@ -299,7 +318,6 @@ class ReplicaPool:
         period = min(1.0, self.scaling.idle_timeout / 4)
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
             idle = sorted(
                 (r for r in self.replicas if r.state == READY and r.in_flight == 0),
                 key=lambda r: r.last_used,
@@ -307,7 +325,9 @@ class ReplicaPool:
             for replica in idle:
                 if self._live() <= self.scaling.min_scale:
                     break
-                if now - replica.last_used >= self.scaling.idle_timeout:
+                # Checked again for each: a stop awaits, and a call may take a replica meanwhile.
+                still_idle = replica.state == READY and replica.in_flight == 0
+                if still_idle and time.monotonic() - replica.last_used >= self.scaling.idle_timeout:
                     await replica.stop()
 
     async def close(self, drain: float = 0.0) -> None:

@@ -64,6 +64,9 @@ class Launch:
     cwd: Path
     memory_bytes: int | None
     log: Path  # the child's stdout and stderr (what the handler prints), appended
+    # Variables read only when an interpreter starts (LD_*, PYTHON* flags): a spare, started
+    # before, would not see them, so such a service always starts its own process.
+    fresh_process: bool = False
 
 
 class ReplicaProcess:
@@ -149,10 +152,15 @@ class ReplicaProcess:
                 os.killpg(self._process.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
-        """Close its socket (the child then exits by itself), kill it if it lingers."""
+        """End its side of the socket: the child answers the calls it already read, sees the end
+        and exits by itself; it is killed if it lingers past the grace period."""
         self.state = STOPPING
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(OSError, RuntimeError):
+                if self._writer.can_write_eof():
+                    self._writer.write_eof()
+                else:
+                    self._writer.close()
         if self._process is not None:
             try:
                 async with asyncio.timeout(STOP_GRACE):
@@ -162,6 +170,17 @@ class ReplicaProcess:
         if self._reader_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
+
+    async def abort(self) -> None:
+        """After a failed start: kill whatever was started and collect it."""
+        self.state = DEAD
+        if self._writer is not None:
+            self._writer.close()
+        if self._process is not None:
+            if self._process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
+            await self._process.wait()
 
     async def _read_answers(self, reader: asyncio.StreamReader) -> None:
         try:

@@ -188,7 +188,8 @@ def decode_payload(body: bytes) -> bytes:
     if form and (b"&" in stripped or b"=" in stripped.rstrip(b"=")):
         return _form_as_json(stripped)
     try:
-        return base64.b64decode(stripped, validate=True)
+        # Line-wrapped base64 (the `base64` tool, openssl) is base64 too: whitespace is dropped first.
+        return base64.b64decode(b"".join(stripped.split()), validate=True)
     except (binascii.Error, ValueError):
         pass
     return _form_as_json(stripped) if form else body

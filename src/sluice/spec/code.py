@@ -14,6 +14,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 MAX_CODE_BYTES = 8 * 1024 * 1024  # packed; models belong in buckets or images, not here
+MAX_UNPACKED_BYTES = 64 * 1024 * 1024  # a zip bomb must not fill the disk
+MAX_CODE_FILES = 10_000
 SKIPPED = {"__pycache__", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 
 
@@ -56,7 +58,13 @@ def _open(code: str) -> zipfile.ZipFile:
         raise ValueError(f"code must be a base64 zip of the code folder: {exc}") from None
     if len(packed) > MAX_CODE_BYTES:
         raise ValueError(f"code packs to {len(packed)} bytes, over {MAX_CODE_BYTES}")
-    for member in archive.namelist():
-        if member.startswith("/") or ".." in PurePosixPath(member).parts:
-            raise ValueError(f"code archive member '{member}' would leave its folder")
+    members = archive.infolist()
+    if len(members) > MAX_CODE_FILES:
+        raise ValueError(f"code holds {len(members)} files, over {MAX_CODE_FILES}")
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise ValueError(f"code unpacks to {unpacked} bytes, over {MAX_UNPACKED_BYTES}")
+    for member in members:
+        if member.filename.startswith("/") or ".." in PurePosixPath(member.filename).parts:
+            raise ValueError(f"code archive member '{member.filename}' would leave its folder")
     return archive

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sluice.spec.code import check_code
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 ENTRY_POINT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*")
 SECRET_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")  # Kubernetes' rule for secret names
@@ -117,6 +118,18 @@ class Environment(_Strict):
         if isinstance(value, dict):
             return {k: v if isinstance(v, str) else _scalar_text(v) for k, v in value.items()}
         return value if value is not None else {}
+
+    @field_validator("variables", "secrets")
+    @classmethod
+    def _variable_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # A name is a shell identifier: anything else could smuggle lines into an engine's env-file
+        # or name another variable of the server's own environment.
+        bad = [name for name in value if not ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"{bad} are not variable names (letters, digits and '_', not first a digit)")
+        if any("\0" in text for text in value.values()):
+            raise ValueError("a value contains a NUL character")
+        return value
 
 
 def _scalar_text(value: Any) -> Any:

@@ -58,7 +58,7 @@ class S3Iam:
         return S3Identity(user, iam_user, key["AccessKeyId"], key["SecretAccessKey"])
 
     async def grant(self, identity: S3Identity, buckets: Sequence[str]) -> None:
-        """Replace the user's policy: every S3 action on these buckets and their objects, nothing else."""
+        """Replace the user's policy: object actions on these buckets, nothing else."""
         if not buckets:  # no policy at all: the keys open nothing
             await self._delete_policy(identity)
             return
@@ -109,11 +109,18 @@ def iam_name(user: str) -> str:
     return f"sluice-{hashlib.sha256(user.encode()).hexdigest()[:32]}"
 
 
+# Objects only: reading, writing, listing, multipart uploads (the actions SeaweedFS, Ceph and AWS
+# all know). No bucket deletion, policies, ACLs
+# or notifications: who may use a bucket is Sluice's to decide, and its events are its triggers.
+OBJECT_ACTIONS = [
+    "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:GetBucketLocation",
+    "s3:AbortMultipartUpload",  # a multipart upload's other steps are s3:PutObject
+]  # fmt: skip
+
+
 def bucket_policy(buckets: Sequence[str]) -> dict[str, Any]:
-    resources = [
-        arn for name in sorted(buckets) for arn in (f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*")
-    ]
+    resources = [f"arn:aws:s3:::{name}{suffix}" for name in sorted(buckets) for suffix in ("", "/*")]
     return {
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": resources}],
+        "Statement": [{"Effect": "Allow", "Action": OBJECT_ACTIONS, "Resource": resources}],
     }
