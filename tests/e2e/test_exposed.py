@@ -41,11 +41,14 @@ APP = textwrap.dedent(
                 "authorization": self.headers.get("Authorization"),
                 "prefix": self.headers.get("X-Forwarded-Prefix"),
                 "greeting": os.environ.get("GREETING"),
+                "cookie": self.headers.get("Cookie"),
             }).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-App", "echo")
+            self.send_header("Set-Cookie", "a=1; Path=/")
+            self.send_header("Set-Cookie", "b=2; Path=/")
             self.end_headers()
             self.wfile.write(body)
 
@@ -188,3 +191,14 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_paths_stay_encoded_and_cookies_pass_both_ways(http: httpx.Client, app: Path) -> None:
+    create(http, app, "ex-raw", {"min_scale": 1, "max_scale": 1, "rewrite_target": True})
+    eventually(lambda: healthy(http, "ex-raw", 1))
+    answer = http.get(
+        "/system/services/ex-raw/exposed/files/what%3Fnot%23this", headers={"Cookie": "session=s1"}
+    )
+    assert answer.json()["path"] == "/files/what%3Fnot%23this"  # %3F is a character, not a query
+    assert answer.json()["cookie"] == "session=s1"
+    assert answer.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]

@@ -48,6 +48,7 @@ HANDLERS = textwrap.dedent(
                 handle.write(f"{os.getpid()}\\n")
         if os.environ.get("INIT_FAILS"):
             raise RuntimeError("weights.onnx is missing")
+        time.sleep(float(os.environ.get("INIT_SLEEP", "0")))
         return {"pid": os.getpid(), "inits": INITS}
 
 
@@ -705,3 +706,19 @@ def test_min_scale_is_not_reported_inactive_for_a_handler_service(http: httpx.Cl
     create(http, "hd-fields", "handlers:work", code=code, synchronous={"min_scale": 1, "max_scale": 1})
     shown = http.get("/system/services/hd-fields").json()
     assert "synchronous.min_scale" not in shown.get("sluice_inactive_fields", [])
+
+
+def test_a_slow_cold_start_does_not_eat_the_handlers_own_time(
+    http: httpx.Client, server: ServerProcess, code: str
+) -> None:
+    # Waiting for a replica and the handler's work each get the whole timeout: a model that takes
+    # most of it to load must not have its first call killed as a stuck handler.
+    token = create(
+        http, "hd-slowinit", "handlers:work", init="handlers:load", code=code, timeout=2,
+        environment={"variables": {"INIT_SLEEP": "1.4"}}, synchronous={"min_scale": 0, "max_scale": 1},
+    )  # fmt: skip
+    answer = httpx.post(
+        f"{server.endpoint}/run/hd-slowinit?sleep=0.8", content=b"first", headers=bearer(token), timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    assert status_of(http, "hd-slowinit")["cold_starts"] == 1

@@ -21,6 +21,9 @@ CODE = textwrap.dedent(
     import numpy as np
     from sluice.handler import HTTPError
 
+    def batch(requests):
+        return [{"n": r.inputs["x"].size} for r in requests]
+
     def predict(request):
         if request.inputs is None:
             if request.body == b"refuse":
@@ -58,6 +61,13 @@ def http(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "synchronous": {"min_scale": 0, "max_scale": 1, "idle_timeout": 60},
         }
         assert client.post("/system/services", json=spec).status_code == 201
+        batched = {
+            **spec,
+            "name": "tensors-batch",
+            "handler": "model:batch",
+            "batch": {"max_size": 4, "max_wait_ms": 300},
+        }
+        assert client.post("/system/services", json=batched).status_code == 201
         assert (
             client.post(
                 "/system/services", json={"name": "plain-script", "image": "i", "script": "true"}
@@ -198,3 +208,17 @@ def test_metrics_count_calls_split_latency_and_show_replicas(
 def test_metrics_are_for_the_admin(http: httpx.Client, server: ServerProcess) -> None:
     assert httpx.get(f"{server.endpoint}/metrics").status_code == 401
     assert httpx.get(f"{server.endpoint}/metrics", auth=("mia", "mia-password")).status_code == 403
+
+
+def test_a_malformed_request_in_a_batch_fails_alone(http: httpx.Client, server: ServerProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    bad = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2, 3]}]}
+    url = f"{server.endpoint}/v2/models/tensors-batch/infer"
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(
+            pool.map(lambda body: httpx.post(url, json=body, auth=ADMIN, timeout=30), [good, bad, good])
+        )
+    assert [a.status_code for a in answers] == [200, 400, 200]
+    assert answers[0].json()["outputs"][0]["data"] == [3]

@@ -100,6 +100,9 @@ def test_a_users_keys_open_their_buckets_only(sluice: ServerProcess, buckets: di
     assert s3.get_object(Bucket=own, Key="in/a.txt")["Body"].read() == b"mine"
     assert not allowed(lambda: s3.put_object(Bucket=other, Key="x.txt", Body=b"intrusion"))
     assert not allowed(lambda: s3.list_objects_v2(Bucket=other))
+    # Objects only: the bucket itself (its deletion, its policy) stays Sluice's business.
+    s3.delete_object(Bucket=own, Key="in/a.txt")
+    assert not allowed(lambda: s3.delete_bucket(Bucket=own))
 
 
 def test_sharing_a_bucket_widens_the_keys_and_unsharing_narrows_them(

@@ -18,7 +18,7 @@ import pytest
 
 from sluice.engine.retry import RetryStrategy
 from sluice.executors.process import INHERITED_ENV, ProcessExecutor
-from sluice.runtime.invocation import InvocationInput, InvocationResult, invoke
+from sluice.runtime.invocation import InvocationInput, InvocationResult, decode_payload, invoke
 from sluice.runtime.workspace import Workspace, WorkspacePool
 from sluice.spec.fdl import parse_service
 from sluice.spec.service import ServiceSpec
@@ -487,3 +487,13 @@ def test_retry_delays_never_decrease() -> None:
     delays = [strategy.delay(n) for n in range(1, 20)]
     assert delays == sorted(delays)
     assert max(delays) == 100
+
+
+def test_line_wrapped_base64_is_decoded() -> None:
+    data = bytes(range(256)) * 3
+    assert decode_payload(base64.encodebytes(data)) == data  # 76-column lines, as `base64` writes
+
+
+def test_a_form_that_could_be_base64_stays_base64() -> None:
+    assert decode_payload(b"key=") == base64.b64decode(b"key=")
+    assert json.loads(decode_payload(b"a=1&b=two+words")) == {"a": "1", "b": "two words"}

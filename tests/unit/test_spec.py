@@ -527,3 +527,24 @@ def test_an_unknown_pull_policy_names_the_choices() -> None:
 def test_network_is_on_unless_turned_off() -> None:
     assert parse_service(base()).network is True
     assert parse_service(base(network=False)).network is False
+
+
+@pytest.mark.parametrize("name", ["SLUICE_*\nA", "A=B", "1ST", "has space", "", "dash-ed"])
+def test_variable_names_must_be_identifiers(name: str) -> None:
+    # Anything else could smuggle a line into a container engine's env-file.
+    for kind in ("variables", "secrets"):
+        with pytest.raises(SpecError, match="not variable names"):
+            parse_service(base(environment={kind: {name: "x"}}))
+
+
+def test_code_that_unpacks_too_big_is_refused(tmp_path: Path) -> None:
+    import base64
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.py", b"\0" * (70 * 1024 * 1024))  # packs to ~70 KB
+    code = base64.b64encode(buffer.getvalue()).decode()
+    with pytest.raises(SpecError, match="unpacks to"):
+        parse_service(base(handler="model:handle", code=code))
