@@ -38,7 +38,7 @@ from sluice.replicas.process import (
 
 log = logging.getLogger("sluice.replicas")
 MAX_RESTART_DELAY = 60.0
-OUTCOMES = ("ok", "handler_error", "timeout", "replica_failed", "overloaded")
+OUTCOMES = ("ok", "handler_error", "timeout", "replica_failed", "overloaded", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,9 @@ class ReplicaPool:
             raise
         except InvocationFailed:
             outcome = "replica_failed"  # no replica could start
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # a job cancelled, the server stopping
             raise
         finally:
             if outcome != "ok":
