@@ -25,8 +25,8 @@ run: $(STAMP)
 	$(BIN)/sluice serve --port $(PORT) --apply examples/digits/digits.yaml --apply examples/digits-handler/digits.yaml
 
 # PostgreSQL server binaries for the throwaway test cluster (tests/pg.py); podman, runc and a
-# static busybox for the container tests (tests/podman.py builds their image from it).
-SYSTEM_PACKAGES := postgresql podman runc busybox-static
+# static busybox and Debian's python3 for the container tests (tests/podman.py builds images of them).
+SYSTEM_PACKAGES := postgresql podman runc busybox-static python3-minimal
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
 	  | grep -q "install ok installed" || echo $$p; done); \

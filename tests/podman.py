@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE = "localhost/sluice-test:busybox"
+# Busybox and Debian's own Python (python3-minimal): for handler services' replicas in containers.
+PYTHON_IMAGE = "localhost/sluice-test:python"
+SYSTEM_PYTHON = Path("/usr/bin/python3.11")
+SKIPPED_STDLIB = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "dist-packages", "site-packages",
+                  "__pycache__", "turtledemo", "pydoc_data"}  # fmt: skip
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "cat", "cp", "echo", "env", "head", "ls", "mkdir", "sleep", "tr", "wc", "hostname", "ps")
 # This sandbox has no systemd and no crun: podman needs runc, cgroupfs and no default ulimits.
@@ -82,7 +87,52 @@ class Podman:
                 tar.add(rootfs, arcname=".")
             self.run("import", str(archive), IMAGE, check=True)
 
+    def ensure_python_image(self) -> str:
+        """An image with Debian's Python 3.11 and its standard library, built from this host's
+        files (no registry here): enough for a replica of a handler service."""
+        if self.run("image", "exists", PYTHON_IMAGE).returncode == 0:
+            return PYTHON_IMAGE
+        if not SYSTEM_PYTHON.is_file():
+            raise RuntimeError(f"{SYSTEM_PYTHON} missing: apt-get install python3-minimal (make test does)")
+        stdlib = Path("/usr/lib/python3.11")
+        with tempfile.TemporaryDirectory() as work:
+            rootfs = Path(work) / "rootfs"
+            for folder in ("bin", "tmp", "proc", "sys", "dev", "etc", "usr/bin"):
+                (rootfs / folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+            for applet in APPLETS:
+                (rootfs / "bin" / applet).symlink_to("busybox")
+            (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+            shutil.copy2(SYSTEM_PYTHON, rootfs / "usr/bin/python3.11")
+            (rootfs / "usr/bin/python3").symlink_to("python3.11")
+            shutil.copytree(
+                stdlib, rootfs / stdlib.relative_to("/"), ignore=lambda _, names: SKIPPED_STDLIB & set(names)
+            )
+            binaries = [SYSTEM_PYTHON, *sorted((stdlib / "lib-dynload").glob("*.so"))]
+            for library in _shared_libraries(binaries):
+                dest = rootfs / library.relative_to("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(library.resolve(), dest)
+            archive = Path(work) / "rootfs.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(rootfs, arcname=".")
+            self.run("import", str(archive), PYTHON_IMAGE, check=True)
+        return PYTHON_IMAGE
+
     def containers(self, label: str) -> list[str]:
         """Ids of the containers (running or stopped) that carry `label` (a key or key=value)."""
         listed = self.run("ps", "-aq", "--filter", f"label={label}", check=True)
         return listed.stdout.split()
+
+
+def _shared_libraries(binaries: list[Path]) -> set[Path]:
+    """Every shared library these binaries load, as `ldd` resolves them on this host."""
+    found: set[Path] = set()
+    for binary in binaries:
+        listed = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False).stdout
+        for line in listed.splitlines():
+            parts = line.split()
+            path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0] if parts else ""
+            if path.startswith("/"):
+                found.add(Path(path))
+    return found

@@ -268,3 +268,69 @@ def test_containers_left_by_a_killed_server_are_removed_at_restart(podman: Podma
     finally:
         server.stop()
     wait_until(lambda: not podman.containers(label), 30, "the rerun's container removal")
+
+
+# --- handler services: warm replicas in the service's own image ----------------------------------
+
+HANDLER = """\
+import os, socket, time
+
+def load():
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+def predict(request):
+    text = request.text()
+    if text == "hang":
+        time.sleep(60)
+    if text == "hog":
+        hog = bytearray(400 * 1024 * 1024)  # past the service's memory limit
+        return len(hog)
+    print("answering", text, flush=True)
+    return {"state": request.state, "text": text, "greeting": os.environ.get("GREETING"),
+            "path": os.environ.get("PATH"), "in_image": not os.path.exists("/usr/local")}
+"""
+
+
+@pytest.fixture(scope="module")
+def handler_code(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from sluice.spec.code import pack_code
+
+    folder = tmp_path_factory.mktemp("handler-code")
+    (folder / "model.py").write_text(HANDLER)
+    return pack_code(folder)
+
+
+def test_handler_replicas_run_in_the_services_image(
+    http: httpx.Client, server: ServerProcess, podman: Podman, handler_code: str
+) -> None:
+    image = podman.ensure_python_image()
+    created = create(
+        http, "ctr-handler", "", image=image, handler="model:predict", init="model:load", code=handler_code,
+        memory="128Mi", timeout=3, environment={"variables": {"GREETING": "hi"}},
+        synchronous={"min_scale": 0, "max_scale": 1},
+    )  # fmt: skip
+    assert created["sluice_executor"] == "replicas (in containers)"
+    token = created["token"]
+    url = f"{server.endpoint}/run/ctr-handler"
+    headers = {"Authorization": f"Bearer {token}"}
+    answers = [httpx.post(url, content=f"call {i}".encode(), headers=headers, timeout=60) for i in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200], answers[0].text
+    first = answers[0].json()
+    assert first["in_image"] and first["greeting"] == "hi"
+    assert ".venv" not in first["path"]  # the image's environment, not the server's
+    assert {a.json()["state"]["host"] for a in answers} == {first["state"]["host"]}  # one warm replica
+    assert podman.containers(OWNER_LABEL)  # it runs as a container of this server
+
+    # A call past the timeout: 504, the container goes, the next call gets a new one.
+    hung = httpx.post(url, content=b"hang", headers=headers, timeout=60)
+    assert hung.status_code == 504
+    after = httpx.post(url, content=b"after", headers=headers, timeout=60)
+    assert after.status_code == 200 and after.json()["state"]["host"] != first["state"]["host"]
+
+    # The memory limit is the container's: the replica is killed, the call answers 502.
+    hog = httpx.post(url, content=b"hog", headers=headers, timeout=60)
+    assert hog.status_code == 502, hog.text
+
+    # Deleting the service removes its containers.
+    assert http.delete("/system/services/ctr-handler").status_code == 204
+    wait_until(lambda: not podman.containers(OWNER_LABEL), 30, "the replica containers' removal")

@@ -33,10 +33,13 @@ def service_json(record: ServiceRecord, executor: Executor) -> dict[str, Any]:
     data["token"] = record.token
     data["owner"] = record.owner
     data["sluice_executor"] = executor.describe()
-    if record.spec.handler:  # handler replicas are host processes whatever the executor
-        data["sluice_executor"] = "replicas (host processes, the image is not used)"
+    if record.spec.handler:  # warm replicas: in the image with a container executor, else on the host
+        where = (
+            "in containers" if executor.capabilities.runs_images else "host processes, the image is not used"
+        )
+        data["sluice_executor"] = f"replicas ({where})"
     inactive = record.spec.inactive_fields()
-    if executor.capabilities.runs_images and not record.spec.handler:
+    if executor.capabilities.runs_images:
         inactive = [f for f in inactive if f != "image_pull_secrets"]  # the container executor uses them
     else:
         inactive = [f for f in inactive if f != "expose"]  # exposed services run as host processes

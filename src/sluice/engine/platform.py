@@ -81,6 +81,7 @@ class Platform:
             start_timeout=settings.replica_start_timeout,
             metrics=self.metrics,
             run_exposed=not executor.capabilities.runs_images,
+            containers=executor if hasattr(executor, "replica_commands") else None,
         )
         self.metrics.watch_replicas(self.replicas.all_status)
         self.dispatcher = Dispatcher(

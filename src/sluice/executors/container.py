@@ -29,6 +29,7 @@ from sluice.errors import ExecutorError
 from sluice.executors.base import Capabilities, Completed, Invocation
 from sluice.executors.process import LOG_FILE, read_capped
 from sluice.executors.registry import MissingCredentials, auth_file_for
+from sluice.replicas.process import ContainerCommands
 
 log = logging.getLogger("sluice.containers")
 
@@ -41,6 +42,7 @@ ENGINE_FAILED = 125
 CDI_FOLDERS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 ENGINE_TIMEOUT = 60.0  # for housekeeping commands (version, ps, rm)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+REPLICA_RUNTIME = Path("/opt/sluice-runtime")  # where a replica container finds Sluice's package
 # The variables podman and docker read for their own configuration.
 ENGINE_VARIABLES = (
     "PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
@@ -176,6 +178,58 @@ class ContainerExecutor:
             timed_out=timed_out,
             duration=time.monotonic() - started,
             error=error,
+        )
+
+    def replica_commands(
+        self,
+        name: str,
+        child_options: list[str],
+        *,
+        image: str,
+        env: dict[str, str],
+        folder: Path,
+        memory_bytes: int | None,
+        cpus: float,
+        network: bool,
+        pull_policy: str,
+        pull_secrets: tuple[str, ...] = (),
+    ) -> ContainerCommands:
+        """A handler service's replica in its own image: the replica process
+        (`python3 -m sluice.replicas.child`, from Sluice's package mounted read-only) talking over
+        the container's stdin and stdout. The image needs Python 3.10 or newer."""
+        runtime = Path(__file__).resolve().parents[1]  # the `sluice` package: stdlib-only for replicas
+        env_file = _write_env_file({**env, "PYTHONPATH": str(REPLICA_RUNTIME), "PYTHONUNBUFFERED": "1"})
+        argv = [
+            *self._base, "run", "--rm", "-i",
+            "--name", name,
+            "--label", f"{OWNER_LABEL}={self.owner}",
+            "--pull", PULL_POLICIES[pull_policy],
+            "--env-file", str(env_file),
+            "--volume", f"{folder}:{folder}",
+            "--volume", f"{runtime}:{REPLICA_RUNTIME / 'sluice'}:ro",
+            "--workdir", str(folder),
+            "--cpus", f"{cpus:g}",
+        ]  # fmt: skip
+        if memory_bytes:
+            argv += ["--memory", f"{memory_bytes}b", "--memory-swap", f"{memory_bytes}b"]
+        if not network:
+            argv += ["--network", "none"]
+        temporary = [env_file]
+        try:
+            auth_file, merged = auth_file_for(pull_secrets, self.auth_dir, self.auth_file)
+        except MissingCredentials:
+            env_file.unlink(missing_ok=True)
+            raise
+        if merged and auth_file is not None:
+            temporary.append(auth_file)
+        client_env = _engine_environment()
+        if auth_file is not None and self.flavour == "podman":
+            argv += ["--authfile", str(auth_file)]
+        elif auth_file is not None:
+            client_env = self._client_env(auth_file) or client_env
+        argv += [image, "python3", "-m", "sluice.replicas.child", "--stdio", "1", *child_options]
+        return ContainerCommands(
+            run=argv, remove=[*self._base, *self._remove(name)], env=client_env, temporary=tuple(temporary)
         )
 
     def _client_env(self, auth_file: Path | None) -> dict[str, str] | None:

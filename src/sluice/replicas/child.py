@@ -4,6 +4,8 @@ socket closes. Started by the server as
     python -m sluice.replicas.child --fd 3 --handler model:predict [--init model:load]
         [--code-dir DIR] [--batch-size 8 --batch-wait-ms 5]
 
+or, in a container, `--stdio 1` instead of `--fd`: frames on stdin and stdout.
+
 or as a spare, with `--fd` only, started before any service needs it: it then waits for an
 ASSIGN frame naming its service (folder, environment, log, options), which saves a cold start
 the interpreter's own start-up and imports.
@@ -31,10 +33,30 @@ from sluice.replicas import tensors, wire
 RECV_SIZE = 256 * 1024
 
 
-class Frames:
-    """Frames read from a blocking socket, with a wait bounded in time when asked."""
+class Pipes:
+    """The channel as two file descriptors (a replica in a container talks over its stdin and
+    stdout), with a socket's `recv`/`sendall`/`fileno`, so the rest does not care which it has."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+
+    def fileno(self) -> int:
+        return self.read_fd
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self.read_fd, size)
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.write_fd, view) :]
+
+
+class Frames:
+    """Frames read from a blocking socket (or Pipes), with a wait bounded in time when asked."""
+
+    def __init__(self, sock: socket.socket | Pipes) -> None:
         self.sock = sock
         self.buffer = bytearray()
 
@@ -101,7 +123,7 @@ def failure(exc: BaseException) -> dict[str, Any]:
 
 
 class Replica:
-    def __init__(self, sock: socket.socket, handler: Callable[..., Any], state: Any) -> None:
+    def __init__(self, sock: socket.socket | Pipes, handler: Callable[..., Any], state: Any) -> None:
         self.sock = sock
         self.frames = Frames(sock)
         self.handler = handler
@@ -213,7 +235,14 @@ class Replica:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
-    sock = socket.socket(fileno=int(options["fd"]))
+    sock: socket.socket | Pipes
+    if "fd" in options:
+        sock = socket.socket(fileno=int(options["fd"]))
+    else:
+        # --stdio: frames on stdin and on the original stdout; what the handler prints goes to
+        # stderr, so it cannot corrupt the stream.
+        sock = Pipes(0, os.dup(1))
+        os.dup2(2, 1)
     if "handler" not in options:
         # A spare, started ahead of need: it waits to be told which service to become.
         try:

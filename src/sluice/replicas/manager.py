@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -41,8 +42,11 @@ class ReplicaManager:
         start_timeout: float,
         metrics: Metrics | None = None,
         run_exposed: bool = True,
+        containers: Any = None,
     ) -> None:
+        """`containers`: a container executor; with one, replicas run in their service's image."""
         self.root = root
+        self.containers = containers
         self.run_exposed = run_exposed  # exposed services run their script on the host: process executor
         self.start_timeout = start_timeout
         self.metrics = metrics
@@ -324,13 +328,30 @@ class ReplicaManager:
         env = {**self._service_env(record), "PYTHONUNBUFFERED": "1"}
         own = {**spec.environment.variables, **spec.environment.secrets}
         fresh = any(name.startswith(STARTUP_PREFIXES) and name != "PYTHONPATH" for name in own)
+        container = None
+        if self.containers is not None:
+            # In the service's image: its own environment only (no host PATH or HOME), limits
+            # enforced by the engine.
+            own_env = {**own, "OSCAR_SERVICE_NAME": spec.name, "OSCAR_SERVICE_TOKEN": record.token}
+            container = functools.partial(
+                self.containers.replica_commands,
+                image=spec.image,
+                env=own_env,
+                folder=folder,
+                memory_bytes=spec.memory_limit,
+                cpus=spec.cpu_cores,
+                network=spec.network,
+                pull_policy=spec.image_pull_policy,
+                pull_secrets=tuple(spec.image_pull_secrets or ()),
+            )
         return Launch(
             args=args,
             env=env,
             cwd=folder,
             memory_bytes=spec.memory_limit,
             log=folder / "replica.log",
-            fresh_process=fresh,
+            fresh_process=fresh or container is not None,
+            container=container,
         )
 
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,18 @@ class Launch:
     # Variables read only when an interpreter starts (LD_*, PYTHON* flags): a spare, started
     # before, would not see them, so such a service always starts its own process.
     fresh_process: bool = False
+    # In the service's image: given a container name and the child's options, the engine's
+    # command lines to run it (talking over stdin/stdout) and to remove it, and temporary files
+    # to delete once it started.
+    container: Callable[[str, list[str]], ContainerCommands] | None = None
+
+
+@dataclass(frozen=True)
+class ContainerCommands:
+    run: list[str]
+    remove: list[str]
+    env: dict[str, str]  # the engine client's own environment
+    temporary: tuple[Path, ...] = ()
 
 
 class ReplicaProcess:
@@ -88,6 +101,7 @@ class ReplicaProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._remove: ContainerCommands | None = None  # a container to remove when it ends
 
     @property
     def pid(self) -> int | None:
@@ -96,19 +110,25 @@ class ReplicaProcess:
     async def start(self, timeout: float, spare: Spare | None = None) -> None:
         """Start the child (or assign it a spare started ahead) and wait until its `init` returned.
         Raises ReplicaGone if it failed."""
-        if spare is not None:
-            self._process, ours = spare.process, spare.sock
-            assignment = {"args": self.launch.args, "env": self.launch.env, "cwd": str(self.launch.cwd),
-                          "log": str(self.launch.log)}  # fmt: skip
-            ours.sendall(wire.encode(0, wire.ASSIGN, assignment))
+        temporary: tuple[Path, ...] = ()
+        if self.launch.container is not None:
+            reader, temporary = await self._start_container()
         else:
-            with self.launch.log.open("ab") as log:
-                self._process, ours = await _spawn(self.launch.args, self.launch.env, self.launch.cwd, log)
-        if self.launch.memory_bytes:
-            with contextlib.suppress(ProcessLookupError):
-                limit = self.launch.memory_bytes
-                resource.prlimit(self._process.pid, resource.RLIMIT_DATA, (limit, limit))
-        reader, self._writer = await asyncio.open_connection(sock=ours)
+            if spare is not None:
+                self._process, ours = spare.process, spare.sock
+                assignment = {"args": self.launch.args, "env": self.launch.env, "cwd": str(self.launch.cwd),
+                              "log": str(self.launch.log)}  # fmt: skip
+                ours.sendall(wire.encode(0, wire.ASSIGN, assignment))
+            else:
+                with self.launch.log.open("ab") as log:
+                    self._process, ours = await _spawn(
+                        self.launch.args, self.launch.env, self.launch.cwd, log
+                    )
+            if self.launch.memory_bytes:
+                with contextlib.suppress(ProcessLookupError):
+                    limit = self.launch.memory_bytes
+                    resource.prlimit(self._process.pid, resource.RLIMIT_DATA, (limit, limit))
+            reader, self._writer = await asyncio.open_connection(sock=ours)
         try:
             async with asyncio.timeout(timeout):
                 _, kind, meta, _ = await _read_frame(reader)
@@ -120,6 +140,9 @@ class ReplicaProcess:
             )
             await self._reap()
             raise ReplicaGone(self.error) from None
+        finally:
+            for path in temporary:  # the engine has read them once the container started
+                path.unlink(missing_ok=True)
         if kind != wire.READY:
             self.error = meta.get("error", "its init failed")
             await self._reap()
@@ -147,9 +170,44 @@ class ReplicaProcess:
     def kill(self) -> None:
         """Kill now (a call ran past its timeout): waiting calls fail, the reader notices the exit."""
         self.state = STOPPING
+        if self._remove is not None:  # a container outlives its engine client: remove it
+            asyncio.get_running_loop().create_task(self._remove_container())
         if self._process and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
+
+    async def _start_container(self) -> tuple[asyncio.StreamReader, tuple[Path, ...]]:
+        assert self.launch.container is not None
+        try:
+            commands = self.launch.container(f"sluice-replica-{uuid.uuid4().hex[:12]}", self.launch.args)
+        except Exception as exc:  # a missing registry login, an unwritable temporary file
+            self.error = str(exc)
+            raise ReplicaGone(self.error) from None
+        self._remove = commands
+        with self.launch.log.open("ab") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                *commands.run,
+                env=commands.env,
+                cwd=self.launch.cwd,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        assert self._process.stdout is not None and self._process.stdin is not None
+        self._writer = self._process.stdin
+        return self._process.stdout, commands.temporary
+
+    async def _remove_container(self) -> None:
+        commands, self._remove = self._remove, None
+        if commands is None:
+            return
+        with contextlib.suppress(OSError):
+            remover = await asyncio.create_subprocess_exec(
+                *commands.remove, env=commands.env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            await remover.wait()
 
     async def stop(self) -> None:
         """End its side of the socket: the child answers the calls it already read, sees the end
@@ -208,6 +266,7 @@ class ReplicaProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._process.pid, signal.SIGKILL)
             self.exit_code = await self._process.wait()
+        await self._remove_container()
         if not was_stopping and self.ready_at is not None:
             self.error = f"the replica exited (code {self.exit_code}) while answering"
         for future in self._pending.values():
