@@ -387,6 +387,25 @@ def check_job_deleted(http: httpx.Client, t: Target, r: httpx.Response, caller: 
     assert job_of(http, t.service, t.failed_job)["status"] == "failed"  # only that one
 
 
+def check_ran(http: httpx.Client, t: Target, r: httpx.Response, caller: str) -> None:
+    assert r.text == f"processed {OK_BODY.decode()}\n"  # no output file: the script's output
+
+
+def check_text(expected: str) -> Check:
+    def check(http: httpx.Client, t: Target, r: httpx.Response, caller: str) -> None:
+        assert r.text == expected
+
+    return check
+
+
+def check_no_replica_logs(http: httpx.Client, t: Target, r: httpx.Response, caller: str) -> None:
+    assert r.json()["available"] is False  # a script service logs per job
+
+
+def check_deployment(http: httpx.Client, t: Target, r: httpx.Response, caller: str) -> None:
+    assert (r.json()["service_name"], r.json()["state"]) == (t.service, "on-demand")
+
+
 def check_submitted(http: httpx.Client, t: Target, r: httpx.Response, caller: str) -> None:
     job_id = r.json()["job_id"]
     assert r.headers["x-job-id"] == job_id
@@ -512,6 +531,20 @@ ROUTES = [
         201,
         content=lambda _: OK_BODY,
         check=check_submitted,
+    ),
+    # Synchronous calls: the script runs now (hence a fresh target: it may change what it reads).
+    Route(
+        "run", "POST", "/run/{svc}", "use", 200, content=lambda _: OK_BODY, destructive=True, check=check_ran
+    ),
+    Route("service-auth", "GET", "/system/services/{svc}/auth", "use", 200, check=check_text("OK")),
+    Route("deployment", "GET", "/system/services/{svc}/deployment", "manage", 200, check=check_deployment),
+    Route(
+        "deployment-logs",
+        "GET",
+        "/system/services/{svc}/deployment/logs",
+        "manage",
+        200,
+        check=check_no_replica_logs,
     ),
     Route("jobs-list", "GET", "/v1/services/{svc}/jobs", "manage", 200, check=check_job_list),
     Route("job-get", "GET", "/v1/services/{svc}/jobs/{ok_job}", "manage", 200, check=check_job),
