@@ -18,14 +18,29 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE = "localhost/sluice-test:busybox"
+IMAGE = "localhost/sluice-test:busybox2"  # a new tag when APPLETS change: images are built once
 # Busybox and Debian's own Python (python3-minimal): for handler services' replicas in containers.
 PYTHON_IMAGE = "localhost/sluice-test:python"
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 SKIPPED_STDLIB = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "dist-packages", "site-packages",
                   "__pycache__", "turtledemo", "pydoc_data"}  # fmt: skip
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "cat", "cp", "echo", "env", "head", "ls", "mkdir", "sleep", "tr", "wc", "hostname", "ps")
+APPLETS = (
+    "sh",
+    "cat",
+    "cp",
+    "echo",
+    "env",
+    "head",
+    "ls",
+    "mkdir",
+    "sleep",
+    "tr",
+    "wc",
+    "hostname",
+    "ps",
+    "httpd",
+)
 # This sandbox has no systemd and no crun: podman needs runc, cgroupfs and no default ulimits.
 ENGINE_ARGS = ("--runtime", "/usr/sbin/runc", "--cgroup-manager", "cgroupfs")
 CONTAINERS_CONF = "[containers]\ndefault_ulimits = []\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,3 +335,24 @@ def test_handler_replicas_run_in_the_services_image(
     # Deleting the service removes its containers.
     assert http.delete("/system/services/ctr-handler").status_code == 204
     wait_until(lambda: not podman.containers(OWNER_LABEL), 30, "the replica containers' removal")
+
+
+def test_an_exposed_service_runs_in_its_image_behind_the_proxy(
+    http: httpx.Client, server: ServerProcess, podman: Podman
+) -> None:
+    script = (
+        'mkdir -p /tmp/www && echo "hello from $(hostname)" > /tmp/www/index.html\n'
+        'exec httpd -f -p "$PORT" -h /tmp/www\n'
+    )
+    create(http, "ctr-web", script, expose={"min_scale": 1, "max_scale": 1, "rewrite_target": True})
+    wait_until(
+        lambda: http.get("/system/services/ctr-web/deployment").json()["state"] == "ready",
+        60,
+        "the copy's health",
+    )
+    page = http.get("/system/services/ctr-web/exposed/index.html")
+    assert page.status_code == 200, page.text
+    assert page.text.startswith("hello from ") and page.text.strip() != f"hello from {os.uname().nodename}"
+    assert podman.containers(OWNER_LABEL)
+    assert http.delete("/system/services/ctr-web").status_code == 204
+    wait_until(lambda: not podman.containers(OWNER_LABEL), 30, "the exposed container's removal")

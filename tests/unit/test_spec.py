@@ -306,7 +306,7 @@ def test_expose_node_port_int_or_list(port: object) -> None:
     assert public["nodePort"] == expected
     assert public["api_port"] == [8080]
     assert public["min_scale"] == 1
-    assert "expose" in spec.inactive_fields()
+    assert "expose" not in spec.inactive_fields()  # exposed services run
 
 
 def test_oscar_v3_fields_are_accepted_and_listed_inactive() -> None:

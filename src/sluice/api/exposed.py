@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from sluice.api.auth import invocable_service
 from sluice.api.uploads import read_body
-from sluice.errors import InvalidInput, InvocationFailed, NotFound, Overloaded
+from sluice.errors import InvocationFailed, NotFound, Overloaded
 
 router = APIRouter(tags=["services"])
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -32,8 +32,6 @@ async def exposed(name: str, request: Request, path: str = "") -> Response:
     record = await invocable_service(request, name)
     if record.spec.expose is None:
         raise NotFound(f"service '{name}' is not exposed (it has no 'expose' section)")
-    if not platform.replicas.run_exposed:
-        raise InvalidInput("exposed services run on the process executor only, not in containers yet")
     if platform.replicas.is_stopped(name):
         raise Overloaded(f"service '{name}' is stopped: POST /system/services/{name}/start", 60)
     target = platform.replicas.exposed_target(record)

@@ -34,17 +34,13 @@ def service_json(record: ServiceRecord, executor: Executor) -> dict[str, Any]:
     data["owner"] = record.owner
     data["sluice_executor"] = executor.describe()
     if record.spec.handler:  # warm replicas: in the image with a container executor, else on the host
-        where = (
-            "in containers" if executor.capabilities.runs_images else "host processes, the image is not used"
-        )
+        where = "in containers" if executor.capabilities.runs_images else "host processes, image not used"
         data["sluice_executor"] = f"replicas ({where})"
     inactive = record.spec.inactive_fields()
     if executor.capabilities.runs_images:
         inactive = [f for f in inactive if f != "image_pull_secrets"]  # the container executor uses them
-    else:
-        inactive = [f for f in inactive if f != "expose"]  # exposed services run as host processes
-        if record.spec.enable_gpu:
-            inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
+    elif record.spec.enable_gpu:
+        inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
     if inactive:
         data["sluice_inactive_fields"] = inactive
     return data

@@ -80,7 +80,6 @@ class Platform:
             max_waiting=settings.sync_max_waiting,
             start_timeout=settings.replica_start_timeout,
             metrics=self.metrics,
-            run_exposed=not executor.capabilities.runs_images,
             containers=executor if hasattr(executor, "replica_commands") else None,
         )
         self.metrics.watch_replicas(self.replicas.all_status)

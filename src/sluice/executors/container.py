@@ -214,6 +214,47 @@ class ContainerExecutor:
             argv += ["--memory", f"{memory_bytes}b", "--memory-swap", f"{memory_bytes}b"]
         if not network:
             argv += ["--network", "none"]
+        command = [image, "python3", "-m", "sluice.replicas.child", "--stdio", "1", *child_options]
+        return self._finish(name, argv, env_file, pull_secrets, command)
+
+    def exposed_commands(
+        self,
+        name: str,
+        port: int,
+        *,
+        image: str,
+        script: Path,
+        env: dict[str, str],
+        folder: Path,
+        memory_bytes: int | None,
+        cpus: float,
+        pull_policy: str,
+        pull_secrets: tuple[str, ...] = (),
+    ) -> ContainerCommands:
+        """An exposed service's copy in its image: `/bin/sh script` with `$PORT`, the port
+        published on 127.0.0.1 only (the proxy is the way in)."""
+        env_file = _write_env_file({**env, "PORT": str(port)})
+        argv = [
+            *self._base, "run", "--rm",
+            "--name", name,
+            "--label", f"{OWNER_LABEL}={self.owner}",
+            "--pull", PULL_POLICIES[pull_policy],
+            "--env-file", str(env_file),
+            "--publish", f"127.0.0.1:{port}:{port}",
+            "--volume", f"{folder}:{folder}",
+            "--volume", f"{script}:{script}:ro",
+            "--workdir", str(folder),
+            "--cpus", f"{cpus:g}",
+        ]  # fmt: skip
+        if memory_bytes:
+            argv += ["--memory", f"{memory_bytes}b", "--memory-swap", f"{memory_bytes}b"]
+        return self._finish(name, argv, env_file, pull_secrets, [image, "/bin/sh", str(script)])
+
+    def _finish(
+        self, name: str, argv: list[str], env_file: Path, pull_secrets: tuple[str, ...], command: list[str]
+    ) -> ContainerCommands:
+        """Registry logins, the command, and how to remove the container: the end of a long-lived
+        container's command line (replicas, exposed copies)."""
         temporary = [env_file]
         try:
             auth_file, merged = auth_file_for(pull_secrets, self.auth_dir, self.auth_file)
@@ -227,9 +268,11 @@ class ContainerExecutor:
             argv += ["--authfile", str(auth_file)]
         elif auth_file is not None:
             client_env = self._client_env(auth_file) or client_env
-        argv += [image, "python3", "-m", "sluice.replicas.child", "--stdio", "1", *child_options]
         return ContainerCommands(
-            run=argv, remove=[*self._base, *self._remove(name)], env=client_env, temporary=tuple(temporary)
+            run=[*argv, *command],
+            remove=[*self._base, *self._remove(name)],
+            env=client_env,
+            temporary=tuple(temporary),
         )
 
     def _client_env(self, auth_file: Path | None) -> dict[str, str] | None:

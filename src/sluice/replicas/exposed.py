@@ -23,11 +23,15 @@ import os
 import signal
 import socket
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from sluice.replicas.process import ContainerCommands
 
 log = logging.getLogger("sluice.exposed")
 HEALTH_INTERVAL = 0.2  # while starting
@@ -43,6 +47,9 @@ class ExposedLaunch:
     log: Path
     health_path: str
     start_timeout: float
+    # In the service's image: given a container name and a port, the engine's command lines (the
+    # container publishes the port on 127.0.0.1 and gets it in $PORT).
+    container: Callable[[str, int], ContainerCommands] | None = None
 
 
 class _Copy:
@@ -51,6 +58,7 @@ class _Copy:
         self.port = port
         self.healthy = False
         self.process: asyncio.subprocess.Process | None = None
+        self.commands: ContainerCommands | None = None  # when the copy is a container
         self.started_at = time.monotonic()
 
     @property
@@ -59,10 +67,13 @@ class _Copy:
 
     async def run(self, session: aiohttp.ClientSession) -> int | None:
         """Start, wait until healthy, then until it exits; returns its exit code (None: never healthy)."""
-        env = {**self.launch.env, "PORT": str(self.port)}
+        argv, env = self.launch.argv, {**self.launch.env, "PORT": str(self.port)}
+        if self.launch.container is not None:
+            self.commands = self.launch.container(f"sluice-exposed-{uuid.uuid4().hex[:12]}", self.port)
+            argv, env = self.commands.run, self.commands.env
         with self.launch.log.open("ab") as output:
             self.process = await asyncio.create_subprocess_exec(
-                *self.launch.argv,
+                *argv,
                 env=env,
                 cwd=self.launch.cwd,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -93,6 +104,16 @@ class _Copy:
         process = self.process
         if process is None:
             return
+        commands, self.commands = self.commands, None
+        if commands is not None:  # the container outlives its engine client: remove it
+            with contextlib.suppress(OSError):
+                remover = await asyncio.create_subprocess_exec(
+                    *commands.remove, env=commands.env,
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                await remover.wait()
+            for path in commands.temporary:
+                path.unlink(missing_ok=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         try:

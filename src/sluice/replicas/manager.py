@@ -41,13 +41,11 @@ class ReplicaManager:
         max_waiting: int,
         start_timeout: float,
         metrics: Metrics | None = None,
-        run_exposed: bool = True,
         containers: Any = None,
     ) -> None:
         """`containers`: a container executor; with one, replicas run in their service's image."""
         self.root = root
         self.containers = containers
-        self.run_exposed = run_exposed  # exposed services run their script on the host: process executor
         self.start_timeout = start_timeout
         self.metrics = metrics
         self.default_timeout = default_timeout
@@ -108,7 +106,7 @@ class ReplicaManager:
             return
         if record.spec.handler:
             self.pool_for(record).ensure_min()
-        elif record.spec.expose is not None and self.run_exposed:
+        elif record.spec.expose is not None:
             self._ensure_exposed(record)
 
     def exposed_target(self, record: ServiceRecord) -> str | None:
@@ -147,7 +145,23 @@ class ReplicaManager:
         script = folder / "script.sh"
         script.write_text(spec.script)
         expose = spec.expose
+        container = None
+        if self.containers is not None:  # in the service's image, the port published on 127.0.0.1
+            own_env = {**spec.environment.variables, **spec.environment.secrets,
+                       "OSCAR_SERVICE_NAME": spec.name, "OSCAR_SERVICE_TOKEN": record.token}  # fmt: skip
+            container = functools.partial(
+                self.containers.exposed_commands,
+                image=spec.image,
+                script=script,
+                env=own_env,
+                folder=folder,
+                memory_bytes=spec.memory_limit,
+                cpus=spec.cpu_cores,
+                pull_policy=spec.image_pull_policy,
+                pull_secrets=tuple(spec.image_pull_secrets or ()),
+            )
         launch = ExposedLaunch(
+            container=container,
             argv=["/bin/sh", str(script)],
             env={**self._service_env(record), **{"OSCAR_SERVICE_NAME": spec.name}},
             cwd=folder,

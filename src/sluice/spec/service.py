@@ -189,7 +189,6 @@ PASSIVE_FIELDS = (
     "deployment",
     "enable_sgx",
     "ephemeral_storage_request",
-    "expose",
     "federation",
     "file_stage_in",
     "image_prefetch",
