@@ -26,6 +26,13 @@ from sluice.storage.registry import StorageRouter, open_storage
 log = logging.getLogger("sluice")
 
 
+def create_server_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ()) -> RunGateway:
+    """What `sluice serve` runs: the app, with calls to handler services answered in front of it,
+    before FastAPI's own middleware (about a third of a warm call's server time otherwise)."""
+    app = create_app(settings, initial_services)
+    return RunGateway(app, app.state.platform, app.state.auth, settings.max_body)
+
+
 def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ()) -> FastAPI:
     """Build the app. `initial_services` are created or updated once the platform has started."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +67,6 @@ def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ())
     app.state.auth = Authenticator(settings.admin_user, password, db, oidc)
     app.state.signer = UrlSigner(load_key(settings.data_dir), settings.base_url)
     install_error_handlers(app)
-    # Calls to handler services skip FastAPI's routing (see gateway.py); everything else goes on.
-    app.add_middleware(RunGateway, platform=platform, auth=app.state.auth, max_body=settings.max_body)
     for module in (system, services, deployment, exposed, jobs, run, v2, buckets, events, users):
         app.include_router(module.router)
     app.include_router(system.fallback_router)

@@ -157,7 +157,7 @@ def serve(
 
     import uvicorn
 
-    from sluice.api.app import create_app
+    from sluice.api.app import create_server_app
     from sluice.settings import Settings
 
     overrides = {
@@ -175,7 +175,7 @@ def serve(
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
         password, generated = settings.ensure_admin_password()
         specs = [spec for path in apply or [] for spec in _read_fdl(path)]
-        application = create_app(settings, initial_services=specs)
+        application = create_server_app(settings, initial_services=specs)
     except SluiceError as exc:
         _fail(exc)
     except ValidationError as exc:  # a setting out of range, from a flag or SLUICE_* variable
