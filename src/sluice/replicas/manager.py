@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class ReplicaManager:
     ) -> None:
         """`containers`: a container executor; with one, replicas run in their service's image."""
         self.root = root
+        # What a previous run left here (code folders, logs) belongs to no running replica.
+        shutil.rmtree(root, ignore_errors=True)
         self.containers = containers
         self.start_timeout = start_timeout
         self.metrics = metrics
@@ -202,7 +205,10 @@ class ReplicaManager:
 
     def log_tail(self, record: ServiceRecord, lines: int) -> list[str]:
         """The last lines the service's current replicas printed (their shared log file)."""
-        path = self.root / record.spec.name / _fingerprint(record)[:16] / "replica.log"
+        held = self._pools.get(record.spec.name)
+        if held is None:
+            return []
+        path = held[1].launch.log
         try:
             with path.open("rb") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -289,8 +295,14 @@ class ReplicaManager:
         return _service_env_of(record)
 
     def _retire(self, pool: ReplicaPool) -> None:
-        """Replace a pool: its calls in flight may finish (up to their timeout), then it stops."""
-        task = asyncio.get_running_loop().create_task(pool.close(drain=pool.scaling.timeout))
+        """Replace a pool: its calls in flight may finish (up to their timeout), then it stops,
+        and its folder (unpacked code, log) goes: the next definition has a folder of its own."""
+
+        async def retire() -> None:
+            await pool.close(drain=pool.scaling.timeout)
+            await asyncio.to_thread(shutil.rmtree, pool.launch.cwd, True)
+
+        task = asyncio.get_running_loop().create_task(retire())
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
@@ -319,7 +331,9 @@ class ReplicaManager:
     def _launch(self, record: ServiceRecord, fingerprint: str) -> Launch:
         spec = record.spec
         assert spec.handler is not None
-        folder = self.root / spec.name / fingerprint[:16]
+        # A folder per pool: a retired pool's folder is removed once it drained, and the same
+        # definition applied again meanwhile must not lose its own.
+        folder = self.root / spec.name / f"{fingerprint[:16]}-{uuid.uuid4().hex[:8]}"
         args = ["--handler", spec.handler]
         if spec.init:
             args += ["--init", spec.init]

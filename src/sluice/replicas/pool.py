@@ -16,9 +16,11 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sluice.errors import InvocationFailed, InvocationTimeout, Overloaded
@@ -38,6 +40,8 @@ from sluice.replicas.process import (
 
 log = logging.getLogger("sluice.replicas")
 MAX_RESTART_DELAY = 60.0
+MAX_LOG = 16 * 1024 * 1024
+KEPT_LOG = 1024 * 1024
 OUTCOMES = ("ok", "handler_error", "timeout", "replica_failed", "overloaded", "cancelled")
 
 
@@ -321,6 +325,7 @@ class ReplicaPool:
         period = min(1.0, self.scaling.idle_timeout / 4)
         while True:
             await asyncio.sleep(period)
+            _trim(self.launch.log)
             idle = sorted(
                 (r for r in self.replicas if r.state == READY and r.in_flight == 0),
                 key=lambda r: r.last_used,
@@ -404,6 +409,22 @@ class _Observer:
 
     def cold_start(self, seconds: float) -> None:
         self._cold_start.observe(seconds)
+
+
+def _trim(log: Path) -> None:
+    """Keep the replicas' log under MAX_LOG bytes: past it, only its last KEPT_LOG bytes stay.
+    The replicas write with O_APPEND, so their next lines land at the new end."""
+    try:
+        if log.stat().st_size <= MAX_LOG:
+            return
+        with log.open("r+b") as handle:
+            handle.seek(-KEPT_LOG, os.SEEK_END)
+            tail = handle.read()
+            handle.seek(0)
+            handle.write(b"[sluice] earlier lines removed to keep this log small\n" + tail)
+            handle.truncate()
+    except OSError:
+        pass
 
 
 def _loop_time(deadline: float) -> float:
