@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from sluice.api.auth import invocable_service
+from sluice.api.gateway import PRIVATE_HEADERS as PRIVATE_HEADER_NAMES
 from sluice.api.uploads import read_body
 from sluice.replicas.process import Call
 
@@ -19,7 +20,7 @@ router = APIRouter(tags=["jobs"])
 # Bodies OSCAR's clients send as text: base64, JSON or a form. Any other declared type is bytes.
 TEXT_TYPES = ("", "text/plain", "application/json", "application/x-www-form-urlencoded")
 ANY_TYPE = ("", "*/*", "text/plain", "text/*")
-PRIVATE_HEADERS = frozenset({"authorization", "cookie"})  # never handed to a handler
+PRIVATE_HEADERS = frozenset(name.decode() for name in PRIVATE_HEADER_NAMES)  # never handed to a handler
 
 
 @router.post(

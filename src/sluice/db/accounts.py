@@ -97,17 +97,19 @@ def forget_bucket(connection: Connection, name: str) -> None:
     connection.execute(delete(buckets).where(buckets.c.name == name))
 
 
+def _identity(row: object) -> S3Identity:
+    m = row._mapping  # type: ignore[attr-defined]
+    return S3Identity(m["user"], m["iam_user"], m["access_key"], m["secret_key"])
+
+
 def s3_identity(connection: Connection, user: str) -> S3Identity | None:
     row = connection.execute(select(s3_identities).where(s3_identities.c.user == user)).first()
-    if row is None:
-        return None
-    m = row._mapping
-    return S3Identity(m["user"], m["iam_user"], m["access_key"], m["secret_key"])
+    return _identity(row) if row else None
 
 
 def all_s3_identities(connection: Connection) -> list[S3Identity]:
     rows = connection.execute(select(s3_identities).order_by(s3_identities.c.user))
-    return [S3Identity(r.user, r.iam_user, r.access_key, r.secret_key) for r in rows]
+    return [_identity(row) for row in rows]
 
 
 def keep_s3_identity(connection: Connection, identity: S3Identity, now: float) -> S3Identity:

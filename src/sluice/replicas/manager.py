@@ -166,7 +166,7 @@ class ReplicaManager:
         launch = ExposedLaunch(
             container=container,
             argv=["/bin/sh", str(script)],
-            env={**self._service_env(record), **{"OSCAR_SERVICE_NAME": spec.name}},
+            env=_service_env(record),
             cwd=folder,
             log=folder / "exposed.log",
             health_path=expose.health_path
@@ -288,12 +288,6 @@ class ReplicaManager:
         finally:
             self._spawning = None
 
-    @staticmethod
-    def _service_env(record: ServiceRecord) -> dict[str, str]:
-        """What a long-running process of the service sees: a few host variables, the service's
-        variables and secrets, its name and token."""
-        return _service_env_of(record)
-
     def _retire(self, pool: ReplicaPool) -> None:
         """Replace a pool: its calls in flight may finish (up to their timeout), then it stops,
         and its folder (unpacked code, log) goes: the next definition has a folder of its own."""
@@ -353,7 +347,7 @@ class ReplicaManager:
                 f"{spec.batch.max_wait_ms:g}",
             ]
         folder.mkdir(parents=True, exist_ok=True)
-        env = {**self._service_env(record), "PYTHONUNBUFFERED": "1"}
+        env = {**_service_env(record), "PYTHONUNBUFFERED": "1"}
         own = {**spec.environment.variables, **spec.environment.secrets}
         fresh = any(name.startswith(STARTUP_PREFIXES) and name != "PYTHONPATH" for name in own)
         container = None
@@ -383,7 +377,9 @@ class ReplicaManager:
         )
 
 
-def _service_env_of(record: ServiceRecord) -> dict[str, str]:
+def _service_env(record: ServiceRecord) -> dict[str, str]:
+    """What a long-running process of the service sees on the host: a few host variables, the
+    service's variables and secrets, its name and token."""
     spec = record.spec
     return {
         **host_environment(),
