@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     registry_auth_file: Path | None = Field(
         default=None, description="registry credentials for pulls (podman's auth.json format)"
     )
+    warm_containers: int = Field(
+        default=16,
+        ge=0,
+        description="script containers kept running between invocations; 0: a new container per job",
+    )
+    warm_container_idle: float = Field(
+        default=300.0, gt=0, description="seconds a warm container may stay unused before it is removed"
+    )
     job_timeout: float = Field(default=3600.0, gt=0, description="default per-job timeout, seconds")
     log_limit: int = Field(default=256 * 1024, ge=1024, description="bytes of job log kept")
     max_upload: int = Field(default=1024**3, ge=1, description="largest accepted upload, bytes")

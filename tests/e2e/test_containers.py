@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from sluice.client import Client
-from sluice.executors.container import JOB_LABEL, OWNER_LABEL
+from sluice.executors.container import JOB_LABEL, OWNER_LABEL, SERVICE_LABEL
 from tests.podman import IMAGE, Podman
 from tests.server import PASSWORD, ServerProcess, wait_for_jobs
 
@@ -178,7 +178,7 @@ def test_a_timeout_removes_the_container(http: httpx.Client, client: Client, pod
     assert job["error"] == "timed out"
     assert time.monotonic() - started < 30
     assert "started" in client.log("ctr-timeout", job["id"])
-    assert podman.containers(f"{JOB_LABEL}={job['id']}") == []
+    assert podman.containers(f"{SERVICE_LABEL}=ctr-timeout") == []
 
 
 def test_cancelling_a_running_job_removes_its_container(
@@ -187,7 +187,7 @@ def test_cancelling_a_running_job_removes_its_container(
     create(http, "ctr-cancel", "sleep 60\n")
     job_id = client.submit("ctr-cancel", b"{}")["job_id"]
     wait_for_job(client, "ctr-cancel", job_id, states=("running",))
-    label = f"{JOB_LABEL}={job_id}"
+    label = f"{SERVICE_LABEL}=ctr-cancel"
     wait_until(lambda: podman.containers(label), 30, "the job's container starting")
     client.cancel("ctr-cancel", job_id)
     assert wait_for_job(client, "ctr-cancel", job_id)["status"] == "cancelled"
@@ -238,15 +238,36 @@ def test_enable_gpu_without_a_gpu_fails_clearly(http: httpx.Client, client: Clie
     assert job["error"] == "enable_gpu is set but podman reports no GPU on this host"
 
 
-def test_a_multiline_variable_is_refused_with_its_name(http: httpx.Client, client: Client) -> None:
-    create(http, "ctr-multiline", "true", environment={"secrets": {"PEM": "line one\nline two"}})
+def test_a_multiline_secret_reaches_the_script_intact(http: httpx.Client, client: Client) -> None:
+    pem = "-----BEGIN KEY-----\nline two\n-----END KEY-----"
+    create(http, "ctr-multiline", 'printf %s "$PEM" > "$TMP_OUTPUT_DIR/pem.txt"\n',
+           environment={"secrets": {"PEM": pem}})  # fmt: skip
     job = run_one(client, "ctr-multiline")
-    assert job["status"] == "failed"
-    assert "line breaks" in job["error"] and "PEM" in job["error"]
+    assert job["status"] == "succeeded", job
+    assert client.get_bytes("ctr-multiline", "out/pem.txt") == pem.encode()
+
+
+def test_jobs_and_calls_of_a_service_reuse_its_warm_container(
+    http: httpx.Client, client: Client, podman: Podman
+) -> None:
+    create(http, "ctr-warm", 'echo "$(hostname) $JOB_UUID" > "$TMP_OUTPUT_DIR/where.txt"\n')
+    jobs = [run_one(client, "ctr-warm", json.dumps({"n": n}).encode()) for n in range(3)]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3
+    calls = [http.post("/run/ctr-warm", content=b"{}") for _ in range(3)]
+    assert [call.status_code for call in calls] == [200] * 3
+    answers = [base64.b64decode(call.text).decode().split() for call in calls]
+    assert len({host for host, _ in answers}) == 1  # one container served the calls one by one
+    assert len({job_uuid for _, job_uuid in answers}) == 3  # each call its own environment
+    (kept,) = podman.containers(f"{SERVICE_LABEL}=ctr-warm")
+    assert answers[0][0] == kept[:12]  # the container's hostname is its short id
+    # Deleting the service removes its warm containers.
+    assert http.delete("/system/services/ctr-warm").status_code == 204
+    wait_until(lambda: not podman.containers(f"{SERVICE_LABEL}=ctr-warm"), 30, "the warm container's removal")
 
 
 def test_containers_left_by_a_killed_server_are_removed_at_restart(podman: Podman, tmp_path: Path) -> None:
-    env = {**podman.server_env, "SLUICE_WORKERS": "2"}
+    # Without warm containers: one container per job, labelled with the job.
+    env = {**podman.server_env, "SLUICE_WORKERS": "2", "SLUICE_WARM_CONTAINERS": "0"}
     server = ServerProcess(tmp_path / "data", env=env).start()
     try:
         with (
@@ -320,7 +341,7 @@ def test_handler_replicas_run_in_the_services_image(
     assert first["in_image"] and first["greeting"] == "hi"
     assert ".venv" not in first["path"]  # the image's environment, not the server's
     assert {a.json()["state"]["host"] for a in answers} == {first["state"]["host"]}  # one warm replica
-    assert podman.containers(OWNER_LABEL)  # it runs as a container of this server
+    assert podman.containers(f"{SERVICE_LABEL}=ctr-handler")  # it runs as a container
 
     # A call past the timeout: 504, the container goes, the next call gets a new one.
     hung = httpx.post(url, content=b"hang", headers=headers, timeout=60)
@@ -334,7 +355,7 @@ def test_handler_replicas_run_in_the_services_image(
 
     # Deleting the service removes its containers.
     assert http.delete("/system/services/ctr-handler").status_code == 204
-    wait_until(lambda: not podman.containers(OWNER_LABEL), 30, "the replica containers' removal")
+    wait_until(lambda: not podman.containers(f"{SERVICE_LABEL}=ctr-handler"), 30, "the replicas' removal")
 
 
 def test_an_exposed_service_runs_in_its_image_behind_the_proxy(
@@ -353,6 +374,8 @@ def test_an_exposed_service_runs_in_its_image_behind_the_proxy(
     page = http.get("/system/services/ctr-web/exposed/index.html")
     assert page.status_code == 200, page.text
     assert page.text.startswith("hello from ") and page.text.strip() != f"hello from {os.uname().nodename}"
-    assert podman.containers(OWNER_LABEL)
+    assert podman.containers(f"{SERVICE_LABEL}=ctr-web")
     assert http.delete("/system/services/ctr-web").status_code == 204
-    wait_until(lambda: not podman.containers(OWNER_LABEL), 30, "the exposed container's removal")
+    wait_until(
+        lambda: not podman.containers(f"{SERVICE_LABEL}=ctr-web"), 30, "the exposed container's removal"
+    )

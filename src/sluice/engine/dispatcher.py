@@ -167,7 +167,7 @@ class Dispatcher:
             payload=payload,
             event_time=datetime.fromtimestamp(job.created_at, UTC),
         )
-        workspace = await self.workspaces.acquire()
+        workspace = await self.workspaces.acquire(job.service)
         try:
             if record.spec.handler:  # to the service's warm replicas, as its calls go
                 result = await invoke_handler(

@@ -125,6 +125,8 @@ class Platform:
         await self.reconciler.stop()
         await self.dispatcher.stop()
         await self.replicas.stop()
+        if self.settings.workers > 0:
+            await self.executor.stop()  # warm containers
 
     # services
 
@@ -158,6 +160,7 @@ class Platform:
         if not await self.db.call(service_sql.replace, spec, time.time()):
             raise ServiceNotFound(spec.name)
         self.catalog.invalidate(spec.name)
+        self.executor.forget(spec.name)  # warm containers of the old settings
         return self._warmed(await self.get_service(spec.name))
 
     def _warmed(self, record: ServiceRecord) -> ServiceRecord:
@@ -181,6 +184,7 @@ class Platform:
         await self.db.call(remove)
         self.catalog.invalidate(name)
         self.replicas.forget(name)
+        self.executor.forget(name)
         if purge:
             shared = {
                 split_path(io.path)[0]

@@ -94,7 +94,7 @@ class SyncRunner:
             job_id=uuid.uuid4().hex, payload=body, raw_payload=raw_input, event=_event_of(body, raw_input)
         )
         async with self._gate(spec.name, spec.synchronous.max_scale):
-            workspace = await self.workspaces.acquire()
+            workspace = await self.workspaces.acquire(spec.name)
             try:
                 result = await invoke(
                     trigger,

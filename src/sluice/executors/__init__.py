@@ -33,6 +33,9 @@ def load_executor(settings: Settings) -> Executor:
         owner=owner,
         auth_file=settings.registry_auth_file,
         auth_dir=settings.registry_auth_dir,
+        warm_limit=settings.warm_containers,
+        warm_idle=settings.warm_container_idle,
+        state_dir=settings.data_dir / "containers",
     )
 
 

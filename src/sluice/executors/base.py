@@ -68,3 +68,11 @@ class Executor(Protocol):
     async def start(self) -> None:
         """Prepare before the first job (check the engine, clean up after a killed server)."""
         ...
+
+    async def stop(self) -> None:
+        """Release what is kept between jobs (warm containers); running jobs were cancelled."""
+        ...
+
+    def forget(self, service: str) -> None:
+        """Drop what is kept for a service that was deleted or changed."""
+        ...

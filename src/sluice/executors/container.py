@@ -29,16 +29,15 @@ from sluice.errors import ExecutorError
 from sluice.executors.base import Capabilities, Completed, Invocation
 from sluice.executors.process import LOG_FILE, read_capped
 from sluice.executors.registry import MissingCredentials, auth_file_for
+from sluice.executors.warm import ENGINE_FAILED, SHELL_LOOP, WarmContainers
 from sluice.replicas.process import ContainerCommands
 
 log = logging.getLogger("sluice.containers")
 
 OWNER_LABEL = "io.sluice.owner"
 JOB_LABEL = "io.sluice.job"
+SERVICE_LABEL = "io.sluice.service"
 PULL_POLICIES = {"always": "always", "if-not-present": "missing", "never": "never"}
-# `podman run` / `docker run` exit with 125 when the engine itself failed (no image, bad option):
-# the script never ran.
-ENGINE_FAILED = 125
 CDI_FOLDERS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 ENGINE_TIMEOUT = 60.0  # for housekeeping commands (version, ps, rm)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -64,9 +63,14 @@ class ContainerExecutor:
         auth_file: Path | None = None,
         auth_dir: Path | None = None,
         max_threads: int = 256,
+        warm_limit: int = 0,
+        warm_idle: float = 300.0,
+        state_dir: Path | None = None,
     ) -> None:
         """`engine`: podman or docker (a name on PATH or a path); `engine_args` go before `run`
-        (e.g. `--runtime /usr/sbin/runc`); `owner` labels this server's containers."""
+        (e.g. `--runtime /usr/sbin/runc`); `owner` labels this server's containers. `warm_limit`
+        script containers are kept running between invocations (0: one container per invocation),
+        each removed after `warm_idle` seconds unused; `state_dir` holds their engine logs."""
         if shutil.which(engine) is None:
             raise ExecutorError(f"container engine '{engine}' was not found (install it or give its path)")
         if auth_file is not None and not auth_file.is_file() and not Path(engine).name.startswith("docker"):
@@ -97,6 +101,12 @@ class ContainerExecutor:
         self.capabilities = Capabilities(
             runs_images=True, limits_memory=True, limits_cpu=True, gpus=self._host_has_gpus()
         )
+        self.warm: WarmContainers | None = None
+        if warm_limit > 0:
+            folder = state_dir or Path(tempfile.mkdtemp(prefix="sluice-warm-"))
+            self.warm = WarmContainers(
+                self.warm_commands, self.flavour, folder, limit=warm_limit, idle_seconds=warm_idle
+            )
 
     def describe(self) -> str:
         return f"container ({Path(self.engine).name})"
@@ -106,6 +116,16 @@ class ContainerExecutor:
         removed = await self.remove_strays()
         if removed:
             log.warning("removed %d containers left by a previous run", removed)
+
+    async def stop(self) -> None:
+        """Remove the warm containers (running invocations were cancelled before)."""
+        if self.warm is not None:
+            await self.warm.stop()
+
+    def forget(self, service: str) -> None:
+        """A service was deleted or changed: its warm containers go."""
+        if self.warm is not None:
+            self.warm.forget(service)
 
     async def remove_strays(self) -> int:
         listed = await self._housekeeping("ps", "-aq", "--filter", f"label={OWNER_LABEL}={self.owner}")
@@ -122,6 +142,11 @@ class ContainerExecutor:
                 output="",
                 error=f"enable_gpu is set but {self.flavour} reports no GPU on this host",
             )
+        if self.warm is not None:
+            try:
+                return await self.warm.run(invocation)
+            except MissingCredentials as exc:
+                return Completed(exit_code=None, output="", error=str(exc))
         multiline = sorted(name for name, value in invocation.env.items() if "\n" in value or "\r" in value)
         if multiline:
             return Completed(
@@ -180,6 +205,25 @@ class ContainerExecutor:
             error=error,
         )
 
+    def warm_commands(self, invocation: Invocation, name: str) -> ContainerCommands:
+        """A warm container for invocations like this one (see `sluice.executors.warm`): the same
+        mounts and limits as `run_argv`, the shell loop as its main process, stdin kept open."""
+        workdir = str(invocation.workdir)
+        argv = [
+            *self._base, "run", "--rm", "-i",
+            "--name", name,
+            "--label", f"{OWNER_LABEL}={self.owner}",
+            "--label", f"{SERVICE_LABEL}={invocation.env.get('OSCAR_SERVICE_NAME', '')}",
+            "--pull", PULL_POLICIES[invocation.pull_policy],
+            "--volume", f"{workdir}:{workdir}",
+            "--workdir", workdir,
+            "--log-driver", "none",
+            "--entrypoint", "/bin/sh",  # the image's entrypoint would receive the loop as arguments
+            "--cpus", f"{invocation.cpus:g}",
+            *self._limits(invocation),
+        ]  # fmt: skip
+        return self._finish(name, argv, None, invocation.pull_secrets, [invocation.image, "-c", SHELL_LOOP])
+
     def replica_commands(
         self,
         name: str,
@@ -193,18 +237,20 @@ class ContainerExecutor:
         network: bool,
         pull_policy: str,
         pull_secrets: tuple[str, ...] = (),
+        gpu: bool = False,
     ) -> ContainerCommands:
         """A handler service's replica in its own image: the replica process
         (`python3 -m sluice.replicas.child`, from Sluice's package mounted read-only) talking over
         the container's stdin and stdout. The image needs Python 3.10 or newer."""
         runtime = Path(__file__).resolve().parents[1]  # the `sluice` package: stdlib-only for replicas
+        gpu_options = self._gpu_options() if gpu else []  # before any temporary file is written
         env_file = _write_env_file({**env, "PYTHONPATH": str(REPLICA_RUNTIME), "PYTHONUNBUFFERED": "1"})
         argv = [
             *self._base, "run", "--rm", "-i",
             "--name", name,
             "--label", f"{OWNER_LABEL}={self.owner}",
+            "--label", f"{SERVICE_LABEL}={env.get('OSCAR_SERVICE_NAME', '')}",
             "--pull", PULL_POLICIES[pull_policy],
-            "--env-file", str(env_file),
             "--volume", f"{folder}:{folder}",
             "--volume", f"{runtime}:{REPLICA_RUNTIME / 'sluice'}:ro",
             "--workdir", str(folder),
@@ -214,6 +260,7 @@ class ContainerExecutor:
             argv += ["--memory", f"{memory_bytes}b", "--memory-swap", f"{memory_bytes}b"]
         if not network:
             argv += ["--network", "none"]
+        argv += gpu_options
         command = [image, "python3", "-m", "sluice.replicas.child", "--stdio", "1", *child_options]
         return self._finish(name, argv, env_file, pull_secrets, command)
 
@@ -230,16 +277,18 @@ class ContainerExecutor:
         cpus: float,
         pull_policy: str,
         pull_secrets: tuple[str, ...] = (),
+        gpu: bool = False,
     ) -> ContainerCommands:
         """An exposed service's copy in its image: `/bin/sh script` with `$PORT`, the port
         published on 127.0.0.1 only (the proxy is the way in)."""
+        gpu_options = self._gpu_options() if gpu else []  # before any temporary file is written
         env_file = _write_env_file({**env, "PORT": str(port)})
         argv = [
             *self._base, "run", "--rm",
             "--name", name,
             "--label", f"{OWNER_LABEL}={self.owner}",
+            "--label", f"{SERVICE_LABEL}={env.get('OSCAR_SERVICE_NAME', '')}",
             "--pull", PULL_POLICIES[pull_policy],
-            "--env-file", str(env_file),
             "--publish", f"127.0.0.1:{port}:{port}",
             "--volume", f"{folder}:{folder}",
             "--volume", f"{script}:{script}:ro",
@@ -248,18 +297,27 @@ class ContainerExecutor:
         ]  # fmt: skip
         if memory_bytes:
             argv += ["--memory", f"{memory_bytes}b", "--memory-swap", f"{memory_bytes}b"]
+        argv += gpu_options
         return self._finish(name, argv, env_file, pull_secrets, [image, "/bin/sh", str(script)])
 
     def _finish(
-        self, name: str, argv: list[str], env_file: Path, pull_secrets: tuple[str, ...], command: list[str]
+        self,
+        name: str,
+        argv: list[str],
+        env_file: Path | None,
+        pull_secrets: tuple[str, ...],
+        command: list[str],
     ) -> ContainerCommands:
         """Registry logins, the command, and how to remove the container: the end of a long-lived
-        container's command line (replicas, exposed copies)."""
-        temporary = [env_file]
+        container's command line (replicas, exposed copies, warm containers)."""
+        if env_file is not None:
+            argv += ["--env-file", str(env_file)]
+        temporary = [env_file] if env_file is not None else []
         try:
             auth_file, merged = auth_file_for(pull_secrets, self.auth_dir, self.auth_file)
         except MissingCredentials:
-            env_file.unlink(missing_ok=True)
+            if env_file is not None:
+                env_file.unlink(missing_ok=True)
             raise
         if merged and auth_file is not None:
             temporary.append(auth_file)
@@ -295,6 +353,7 @@ class ContainerExecutor:
             "--name", name,
             "--label", f"{OWNER_LABEL}={self.owner}",
             "--label", f"{JOB_LABEL}={invocation.env.get('JOB_UUID', '')}",
+            "--label", f"{SERVICE_LABEL}={invocation.env.get('OSCAR_SERVICE_NAME', '')}",
             "--pull", PULL_POLICIES[invocation.pull_policy],
             "--env-file", str(env_file),
             "--volume", f"{workdir}:{workdir}",
@@ -302,19 +361,31 @@ class ContainerExecutor:
             "--log-driver", "none",  # the output is read from the attached streams, kept once
             "--cpus", f"{invocation.cpus:g}",
         ]  # fmt: skip
-        for path in invocation.read_only_paths:
-            argv += ["--volume", f"{path}:{path}:ro"]
-        if invocation.memory_bytes:
-            # Swap equal to memory: no swap, so the limit is a real ceiling, as in Kubernetes.
-            limit = f"{invocation.memory_bytes}b"
-            argv += ["--memory", limit, "--memory-swap", limit]
-        if not invocation.network:
-            argv += ["--network", "none"]
-        if invocation.gpu:
-            argv += ["--gpus", "all"] if self.flavour == "docker" else ["--device", "nvidia.com/gpu=all"]
+        argv += self._limits(invocation)
         if auth_file is not None and self.flavour == "podman":
             argv += ["--authfile", str(auth_file)]
         return [*argv, invocation.image, *invocation.argv]
+
+    def _limits(self, invocation: Invocation) -> list[str]:
+        """Read-only mounts, memory, network and GPU options of an invocation's container."""
+        options: list[str] = []
+        for path in invocation.read_only_paths:
+            options += ["--volume", f"{path}:{path}:ro"]
+        if invocation.memory_bytes:
+            # Swap equal to memory: no swap, so the limit is a real ceiling, as in Kubernetes.
+            limit = f"{invocation.memory_bytes}b"
+            options += ["--memory", limit, "--memory-swap", limit]
+        if not invocation.network:
+            options += ["--network", "none"]
+        if invocation.gpu:
+            options += self._gpu_options()
+        return options
+
+    def _gpu_options(self) -> list[str]:
+        """Raises ExecutorError where the host has no GPU, so a replica fails with the reason."""
+        if not self.capabilities.gpus:
+            raise ExecutorError(f"enable_gpu is set but {self.flavour} reports no GPU on this host")
+        return ["--gpus", "all"] if self.flavour == "docker" else ["--device", "nvidia.com/gpu=all"]
 
     def _remove(self, *containers: str) -> list[str]:
         """Arguments that kill and remove containers at once (podman's `rm -f` would first wait

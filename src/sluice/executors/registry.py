@@ -18,8 +18,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sluice.errors import ExecutorError
 
-class MissingCredentials(Exception):
+
+class MissingCredentials(ExecutorError):
     """A service names a secret the server does not hold (the job fails with this message)."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from sluice.errors import SluiceError
 from sluice.replicas.process import ContainerCommands
 
 log = logging.getLogger("sluice.exposed")
@@ -181,7 +182,7 @@ class ExposedService:
             try:
                 assert self._session is not None
                 code = await copy.run(self._session)
-            except (OSError, ValueError) as exc:  # the command could not start at all
+            except (OSError, ValueError, SluiceError) as exc:  # could not start: no GPU, no login
                 code, why = None, f"copy {index} could not start: {exc}"
             finally:
                 with contextlib.suppress(ValueError):

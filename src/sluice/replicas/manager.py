@@ -162,6 +162,7 @@ class ReplicaManager:
                 cpus=spec.cpu_cores,
                 pull_policy=spec.image_pull_policy,
                 pull_secrets=tuple(spec.image_pull_secrets or ()),
+                gpu=spec.enable_gpu,
             )
         launch = ExposedLaunch(
             container=container,
@@ -365,6 +366,7 @@ class ReplicaManager:
                 network=spec.network,
                 pull_policy=spec.image_pull_policy,
                 pull_secrets=tuple(spec.image_pull_secrets or ()),
+                gpu=spec.enable_gpu,
             )
         return Launch(
             args=args,

@@ -7,7 +7,6 @@ and only the files a job leaves are removed. Scripts are written once per conten
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -26,6 +25,7 @@ class Workspace:
         # Plain strings for the per-job clean-up: pathlib's overhead showed in profiles.
         self._folders = (str(self.input_dir), str(self.output_dir))
         self._root = str(root)
+        self.affinity: str | None = None  # the service it last served (its warm container mounts it)
 
     def clear(self) -> None:
         """Remove what the last job left; keep the folders themselves.
@@ -74,14 +74,22 @@ class WorkspacePool:
         shutil.rmtree(root, ignore_errors=True)  # whatever a stopped server left is stale
         self._scripts = root / "scripts"
         self._scripts.mkdir(parents=True)
-        self._free: asyncio.Queue[Workspace] = asyncio.Queue()
+        self._free: list[Workspace] = []
         self._created = 0
 
-    async def acquire(self) -> Workspace:
-        if self._free.empty():
+    async def acquire(self, affinity: str | None = None) -> Workspace:
+        """A free workspace, preferably one that last served `affinity` (a service's name): a
+        warm container of that service may already have it mounted."""
+        chosen = next((w for w in reversed(self._free) if w.affinity == affinity), None)
+        if chosen is None and self._free:
+            chosen = self._free[0]  # the longest unused: the least likely to be wanted back soon
+        if chosen is None:
             self._created += 1
-            return Workspace(self.root / f"slot-{self._created}")
-        return self._free.get_nowait()
+            chosen = Workspace(self.root / f"slot-{self._created}")
+        else:
+            self._free.remove(chosen)
+        chosen.affinity = affinity
+        return chosen
 
     def release(self, workspace: Workspace) -> None:
         try:
@@ -89,7 +97,7 @@ class WorkspacePool:
         except OSError:
             shutil.rmtree(workspace.root, ignore_errors=True)  # unusable: let a fresh one replace it
             return
-        self._free.put_nowait(workspace)
+        self._free.append(workspace)
 
     def script(self, content: str) -> Path:
         """A file holding `content`, written once and shared by every job of the same script."""
