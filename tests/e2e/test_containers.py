@@ -265,6 +265,22 @@ def test_jobs_and_calls_of_a_service_reuse_its_warm_container(
     wait_until(lambda: not podman.containers(f"{SERVICE_LABEL}=ctr-warm"), 30, "the warm container's removal")
 
 
+def test_min_scale_starts_a_script_services_container_before_its_first_call(
+    http: httpx.Client, podman: Podman
+) -> None:
+    created = create(http, "ctr-ahead", "hostname\n", synchronous={"min_scale": 1})
+    assert "synchronous.min_scale" not in created.get("sluice_inactive_fields", [])
+    label = f"{SERVICE_LABEL}=ctr-ahead"
+    wait_until(lambda: podman.containers(label), 30, "the service's container starting ahead")
+    (ahead,) = podman.containers(label)
+    call = http.post("/run/ctr-ahead", content=b"{}")
+    assert call.status_code == 200, call.text
+    assert call.text.strip() == ahead[:12]  # no output file: the answer is the log, its hostname
+    assert podman.containers(label) == [ahead]
+    assert http.delete("/system/services/ctr-ahead").status_code == 204
+    wait_until(lambda: not podman.containers(label), 30, "the container's removal")
+
+
 def test_containers_left_by_a_killed_server_are_removed_at_restart(podman: Podman, tmp_path: Path) -> None:
     # Without warm containers: one container per job, labelled with the job.
     env = {**podman.server_env, "SLUICE_WORKERS": "2", "SLUICE_WARM_CONTAINERS": "0"}

@@ -41,6 +41,8 @@ def service_json(record: ServiceRecord, executor: Executor) -> dict[str, Any]:
         inactive = [f for f in inactive if f != "image_pull_secrets"]  # the container executor uses them
     elif record.spec.enable_gpu:
         inactive.append("enable_gpu")  # a host process gets whatever the host has: no GPU request
+    if executor.capabilities.warm_scripts:  # min_scale warm containers are kept for script services
+        inactive = [f for f in inactive if f != "synchronous.min_scale"]
     if inactive:
         data["sluice_inactive_fields"] = inactive
     return data

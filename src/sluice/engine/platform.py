@@ -29,6 +29,7 @@ from sluice.engine.acceptor import Acceptor
 from sluice.engine.access import Caller, can_manage_bucket, can_use_bucket
 from sluice.engine.catalog import ServiceCatalog
 from sluice.engine.dispatcher import Dispatcher
+from sluice.engine.prewarm import ScriptPrewarmer
 from sluice.engine.reconciler import Reconciler
 from sluice.engine.retry import RetryStrategy
 from sluice.engine.sync import Reply, SyncRunner
@@ -102,11 +103,23 @@ class Platform:
         # Per-user S3 keys need an IAM API on the store; without one users get the endpoint only.
         self.iam = S3Iam(store) if settings.s3_user_credentials and isinstance(store, S3Storage) else None
         self.reconciler = Reconciler(self, interval=settings.reconcile_interval)
+        self.prewarmer: ScriptPrewarmer | None = None  # with warm containers, once started
 
     async def start(self) -> None:
         if self.settings.workers > 0:
             await self.executor.start()  # e.g. removes containers a killed server left
         workspaces = WorkspacePool(self.settings.data_dir / "work")
+        if self.settings.workers > 0 and self.executor.capabilities.warm_scripts:
+            self.prewarmer = ScriptPrewarmer(
+                executor=self.executor,
+                workspaces=workspaces,
+                catalog=self.catalog,
+                default_timeout=self.settings.job_timeout,
+                log_limit=self.settings.log_limit,
+                start_timeout=self.settings.replica_start_timeout,
+                interval=max(1.0, self.settings.warm_container_idle / 3),
+            )
+            self.prewarmer.start()
         self.sync = SyncRunner(
             storage=self.storage,
             executor=self.executor,
@@ -119,12 +132,14 @@ class Platform:
         self.reconciler.start()
         if self.settings.workers > 0:
             for record in await self.catalog.all():
-                self.replicas.warm(record)  # min_scale replicas up before the first call
+                self._warmed(record)  # min_scale replicas up before the first call
 
     async def stop(self) -> None:
         await self.reconciler.stop()
         await self.dispatcher.stop()
         await self.replicas.stop()
+        if self.prewarmer is not None:
+            await self.prewarmer.stop()
         if self.settings.workers > 0:
             await self.executor.stop()  # warm containers
 
@@ -166,6 +181,8 @@ class Platform:
     def _warmed(self, record: ServiceRecord) -> ServiceRecord:
         if self.settings.workers > 0:
             self.replicas.warm(record)
+        if self.prewarmer is not None:
+            self.prewarmer.ensure(record)  # a script service's min_scale warm containers
         return record
 
     async def apply_service(self, spec: ServiceSpec, owner: Caller) -> tuple[ServiceRecord, bool]:

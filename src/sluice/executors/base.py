@@ -50,6 +50,7 @@ class Capabilities:
     limits_memory: bool = False
     limits_cpu: bool = False
     gpus: bool = False
+    warm_scripts: bool = False  # keeps a script service's environment running between calls
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -71,6 +72,11 @@ class Executor(Protocol):
 
     async def stop(self) -> None:
         """Release what is kept between jobs (warm containers); running jobs were cancelled."""
+        ...
+
+    async def prepare(self, invocation: Invocation, timeout: float) -> bool:
+        """Get ready for invocations like this one ahead of the first (`warm_scripts` executors);
+        True if something was started."""
         ...
 
     def forget(self, service: str) -> None:

@@ -29,7 +29,7 @@ from sluice.errors import ExecutorError
 from sluice.executors.base import Capabilities, Completed, Invocation
 from sluice.executors.process import LOG_FILE, read_capped
 from sluice.executors.registry import MissingCredentials, auth_file_for
-from sluice.executors.warm import ENGINE_FAILED, SHELL_LOOP, WarmContainers
+from sluice.executors.warm import ENGINE_FAILED, SHELL_LOOP, ContainerGone, WarmContainers
 from sluice.replicas.process import ContainerCommands
 
 log = logging.getLogger("sluice.containers")
@@ -99,7 +99,11 @@ class ContainerExecutor:
             raise ExecutorError(f"container engine '{engine}' does not work: {_last_line(version)}")
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluice-ctr")
         self.capabilities = Capabilities(
-            runs_images=True, limits_memory=True, limits_cpu=True, gpus=self._host_has_gpus()
+            runs_images=True,
+            limits_memory=True,
+            limits_cpu=True,
+            gpus=self._host_has_gpus(),
+            warm_scripts=warm_limit > 0,
         )
         self.warm: WarmContainers | None = None
         if warm_limit > 0:
@@ -121,6 +125,16 @@ class ContainerExecutor:
         """Remove the warm containers (running invocations were cancelled before)."""
         if self.warm is not None:
             await self.warm.stop()
+
+    async def prepare(self, invocation: Invocation, timeout: float) -> bool:
+        """A warm container ready for invocations like this one (a script service's `min_scale`);
+        True if one was started. Raises ExecutorError if it cannot start."""
+        if self.warm is None:
+            return False
+        try:
+            return await self.warm.prepare(invocation, timeout)
+        except ContainerGone as exc:
+            raise ExecutorError(str(exc)) from None
 
     def forget(self, service: str) -> None:
         """A service was deleted or changed: its warm containers go."""

@@ -75,6 +75,10 @@ class ProcessExecutor:
     async def stop(self) -> None:
         """Nothing is kept between jobs: a warm shell was measured slower than a direct spawn."""
 
+    async def prepare(self, invocation: Invocation, timeout: float) -> bool:
+        """Nothing to prepare: workspaces are reused and scripts written once already."""
+        return False
+
     def forget(self, service: str) -> None:
         """Nothing is kept per service."""
 

@@ -214,6 +214,32 @@ class WarmContainers:
         await self._trim()
         return Completed(exit_code=exit_code, output=output, duration=time.monotonic() - started)
 
+    async def prepare(self, invocation: Invocation, timeout: float) -> bool:
+        """Have a container ready, ahead of the first call, for invocations like this one (its
+        environment does not matter); True if one was started. Raises ContainerGone if it could
+        not start (a missing image, say) or did not answer within `timeout`."""
+        key = warm_key(invocation)
+        container = self._containers.get(key)
+        if container is not None and not container.exited:
+            container.last_used = time.monotonic()  # kept: it is wanted
+            return False
+        if container is not None:
+            await self._containers.pop(key).remove()
+        container = await self._start(invocation)
+        job_file = invocation.workdir / JOB_FILE
+        job_file.write_text("exit 0\n")
+        try:
+            if await container.run(job_file, timeout) != 0:
+                raise ContainerGone(f"the container did not answer within {timeout:g} s")
+        except BaseException:
+            await asyncio.shield(container.remove())
+            raise
+        finally:
+            job_file.unlink(missing_ok=True)
+        self._containers[key] = container
+        await self._trim()
+        return True
+
     async def _start(self, invocation: Invocation) -> WarmContainer:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"sluice-warm-{os.urandom(8).hex()}"

@@ -81,7 +81,26 @@ async def invoke(
     """
     input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
     env = _environment(trigger, spec, token, input_path, workspace.input_dir, workspace.output_dir)
-    invocation = Invocation(
+    invocation = script_invocation(spec, script, workspace, env, default_timeout, log_limit)
+    async with gate or contextlib.nullcontext():
+        completed = await executor.run(invocation)
+    if completed.exit_code != 0:
+        return InvocationResult(completed, [])
+    files = _read_outputs(workspace.output_dir) if capture_outputs else {}
+    outputs = await _upload_outputs(spec, storage, workspace.output_dir)
+    return InvocationResult(completed, outputs, files)
+
+
+def script_invocation(
+    spec: ServiceSpec,
+    script: Path,
+    workspace: Workspace,
+    env: dict[str, str],
+    default_timeout: float,
+    log_limit: int,
+) -> Invocation:
+    """How the service's script runs in `workspace`: `/bin/sh script` with the service's limits."""
+    return Invocation(
         argv=["/bin/sh", str(script)],
         env=env,
         workdir=workspace.root,
@@ -96,13 +115,6 @@ async def invoke(
         pull_policy=spec.image_pull_policy,
         pull_secrets=tuple(spec.image_pull_secrets or ()),
     )
-    async with gate or contextlib.nullcontext():
-        completed = await executor.run(invocation)
-    if completed.exit_code != 0:
-        return InvocationResult(completed, [])
-    files = _read_outputs(workspace.output_dir) if capture_outputs else {}
-    outputs = await _upload_outputs(spec, storage, workspace.output_dir)
-    return InvocationResult(completed, outputs, files)
 
 
 # A handler's answer to one input: (HTTP-like status, content type, body).
