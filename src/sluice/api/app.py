@@ -12,6 +12,7 @@ from sluice import __version__
 from sluice.api import buckets, deployment, events, exposed, jobs, run, services, system, users, v2
 from sluice.api.auth import Authenticator
 from sluice.api.errors import install_error_handlers
+from sluice.api.fast_upload import UploadGateway
 from sluice.api.gateway import RunGateway
 from sluice.api.oidc import OidcVerifier
 from sluice.api.signing import UrlSigner, load_key
@@ -27,10 +28,12 @@ log = logging.getLogger("sluice")
 
 
 def create_server_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ()) -> RunGateway:
-    """What `sluice serve` runs: the app, with calls to handler services answered in front of it,
-    before FastAPI's own middleware (about a third of a warm call's server time otherwise)."""
+    """What `sluice serve` runs: the app, with calls to handler services and object uploads
+    answered in front of it, before FastAPI's own middleware (about a third of a warm call's and
+    an upload's server time otherwise)."""
     app = create_app(settings, initial_services)
-    return RunGateway(app, app.state.platform, app.state.auth, settings.max_body)
+    uploads = UploadGateway(app, app.state.platform, app.state.auth, settings.max_upload)
+    return RunGateway(uploads, app.state.platform, app.state.auth, settings.max_body)
 
 
 def create_app(settings: Settings, initial_services: Sequence[ServiceSpec] = ()) -> FastAPI:

@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 
 from sluice.api.auth import require_user
 from sluice.api.shapes import iso, object_json
-from sluice.api.uploads import spool_body
+from sluice.api.uploads import accept_upload, upload_answer
 from sluice.db.accounts import BucketRecord
 from sluice.engine.access import Caller, can_manage_bucket, can_use_bucket
 from sluice.engine.platform import Platform
@@ -51,7 +51,7 @@ def _platform(request: Request) -> Platform:
 async def usable_bucket(request: Request, caller: Caller, bucket: str) -> BucketRecord | None:
     """The bucket's record if it exists and the caller may use it; to others it does not exist."""
     platform = _platform(request)
-    record = await platform.bucket_record(validate_bucket(bucket))
+    record = await platform.bucket_record_cached(validate_bucket(bucket))
     if not can_use_bucket(caller, record) or not await platform.default_store().bucket_exists(bucket):
         raise BucketNotFound(bucket)
     return record
@@ -167,20 +167,18 @@ async def _upload(request: Request, bucket: str, key: str) -> JSONResponse:
     platform = _platform(request)
     validate_bucket(bucket)
     validate_key(key)
-    store = platform.default_store()
-    if not await store.bucket_exists(bucket):
+    if not await platform.default_store().bucket_exists(bucket):
         raise BucketNotFound(bucket)
-    staging_path = getattr(store, "staging_path", None)
-    staged = staging_path() if staging_path else Path(tempfile.mkstemp(prefix="sluice-upload-")[1])
-    await spool_body(request, staged, request.app.state.settings.max_upload)
-    upload = await platform.store_upload(staged, bucket, key)
-    ids = [a.job_id for a in upload.jobs]
-    headers = {"ETag": f'"{upload.info.etag}"'}
-    if ids:
-        headers["X-Job-Id"] = ids[0]
-    return JSONResponse(
-        {**object_json(upload.info), "bucket": bucket, "jobs": ids}, status_code=201, headers=headers
+    upload = await accept_upload(
+        platform,
+        request.stream(),
+        request.headers.get("content-length"),
+        bucket,
+        key,
+        request.app.state.settings.max_upload,
     )
+    body, headers = upload_answer(upload, bucket)
+    return JSONResponse(body, status_code=201, headers=headers)
 
 
 async def _download(request: Request, bucket: str, key: str) -> Response:

@@ -60,12 +60,10 @@ class RunGateway:
             call = Call(body, headers.get("content-type", ""), headers, params)
             answer, timing = await self.platform.replicas.pool_for(record).call(call)
         except SluiceError as exc:
-            if exc.status_code >= 500:
-                log.error("%s: %s", type(exc).__name__, exc.message)
-            await _send(send, exc.status_code, TEXT, exc.message.encode(), _extra(exc))
+            await send_error(send, exc)
             return
         content_type = answer.content_type.encode("latin-1") or b"application/octet-stream"
-        await _send(send, answer.status, content_type, answer.body, ())
+        await send_answer(send, answer.status, content_type, answer.body)
         platform_time = time.monotonic() - arrived - timing.queue_wait - timing.handler
         series = self._platform_time.get(name)
         if series is None:
@@ -91,16 +89,20 @@ async def _read_body(receive: Any, declared: str | None, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _extra(exc: SluiceError) -> tuple[tuple[bytes, bytes], ...]:
+async def send_error(send: Any, exc: SluiceError) -> None:
+    """As the app's error handler answers (`sluice.api.errors`): plain text naming the problem."""
+    if exc.status_code >= 500:
+        log.error("%s: %s", type(exc).__name__, exc.message)
+    extra: tuple[tuple[bytes, bytes], ...] = ()
     if isinstance(exc, Unauthorized):
-        return ((b"www-authenticate", b'Basic realm="sluice"'),)
-    if isinstance(exc, Overloaded):
-        return ((b"retry-after", str(exc.retry_after).encode()),)
-    return ()
+        extra = ((b"www-authenticate", b'Basic realm="sluice"'),)
+    elif isinstance(exc, Overloaded):
+        extra = ((b"retry-after", str(exc.retry_after).encode()),)
+    await send_answer(send, exc.status_code, TEXT, exc.message.encode(), extra)
 
 
-async def _send(
-    send: Any, status: int, content_type: bytes, body: bytes, extra: tuple[tuple[bytes, bytes], ...]
+async def send_answer(
+    send: Any, status: int, content_type: bytes, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})

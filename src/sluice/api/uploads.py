@@ -1,25 +1,56 @@
-"""Spooling a request body to disk with a size limit, so a huge body is refused, not buffered."""
+"""Uploads: a request body spooled to disk with a size limit (a huge body is refused, not
+buffered), stored, and its jobs committed before the answer; shared by the upload route and its
+fast path (`sluice.api.fast_upload`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 
+from sluice.api.shapes import object_json
+from sluice.engine.platform import Platform, Upload
 from sluice.errors import PayloadTooLarge
 
 
+async def accept_upload(
+    platform: Platform, chunks: AsyncIterator[bytes], declared: str | None, bucket: str, key: str, limit: int
+) -> Upload:
+    """Store the body as `bucket/key` (both validated, the bucket known to exist) and enqueue the
+    jobs it triggers."""
+    store = platform.default_store()
+    staging_path = getattr(store, "staging_path", None)
+    staged = staging_path() if staging_path else Path(tempfile.mkstemp(prefix="sluice-upload-")[1])
+    await spool_chunks(chunks, declared, staged, limit)
+    return await platform.store_upload(staged, bucket, key)
+
+
+def upload_answer(upload: Upload, bucket: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The JSON body and headers of a stored upload's 201."""
+    ids = [a.job_id for a in upload.jobs]
+    headers = {"ETag": f'"{upload.info.etag}"'}
+    if ids:
+        headers["X-Job-Id"] = ids[0]
+    return {**object_json(upload.info), "bucket": bucket, "jobs": ids}, headers
+
+
 async def spool_body(request: Request, dest: Path, limit: int) -> int:
-    declared = request.headers.get("content-length")
+    return await spool_chunks(request.stream(), request.headers.get("content-length"), dest, limit)
+
+
+async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest: Path, limit: int) -> int:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"upload of {declared} bytes is over the {limit}-byte limit")
     size = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(dest, "wb") as handle:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"upload is over the {limit}-byte limit")

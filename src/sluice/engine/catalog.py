@@ -1,11 +1,15 @@
-"""Service definitions as the engine sees them, cached briefly: a job must not pay a query and a
-validation for its service's definition."""
+"""Service definitions and bucket records as the engine sees them, cached briefly: a job must not
+pay a query and a validation for its service's definition, nor an upload one for its bucket's
+sharing. Changes made through this server are seen at once (they invalidate); another API server's
+at most `ttl` seconds late."""
 
 from __future__ import annotations
 
 import time
 
+from sluice.db import accounts
 from sluice.db import services as service_sql
+from sluice.db.accounts import BucketRecord
 from sluice.db.database import Database
 from sluice.db.services import ServiceRecord
 
@@ -46,3 +50,24 @@ class ServiceCatalog:
     def invalidate(self, name: str) -> None:
         self._cache.pop(name, None)
         self._all = None
+
+
+class BucketCatalog:
+    def __init__(self, db: Database, ttl: float = 2.0) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, BucketRecord | None]] = {}
+
+    async def get(self, name: str) -> BucketRecord | None:
+        hit = self._cache.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        record = await self._db.call(accounts.get_bucket, name)
+        if len(self._cache) >= MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[name] = (now, record)
+        return record
+
+    def invalidate(self, name: str) -> None:
+        self._cache.pop(name, None)

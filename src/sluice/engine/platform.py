@@ -27,7 +27,7 @@ from sluice.db.jobs import Accepted, Job, NewJob
 from sluice.db.services import ServiceRecord
 from sluice.engine.acceptor import Acceptor
 from sluice.engine.access import Caller, can_manage_bucket, can_use_bucket
-from sluice.engine.catalog import ServiceCatalog
+from sluice.engine.catalog import BucketCatalog, ServiceCatalog
 from sluice.engine.dispatcher import Dispatcher
 from sluice.engine.prewarm import ScriptPrewarmer
 from sluice.engine.reconciler import Reconciler
@@ -74,6 +74,7 @@ class Platform:
         self.executor = executor
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self.catalog = ServiceCatalog(db)
+        self.buckets = BucketCatalog(db)
         self.metrics = Metrics()
         self.replicas = ReplicaManager(
             settings.data_dir / "replicas",
@@ -218,6 +219,7 @@ class Platform:
                     await provider.delete_bucket(bucket, force=True)
                 if provider is self.storage.default:
                     await self.db.call(accounts.forget_bucket, bucket)
+                    self.buckets.invalidate(bucket)
             await self._rescope_s3_keys()
 
     async def _prepare_storage(self, spec: ServiceSpec, caller: Caller, owner: str) -> None:
@@ -242,6 +244,7 @@ class Platform:
                     await self.db.call(
                         accounts.set_bucket_visibility, bucket, spec.visibility, list(spec.allowed_users)
                     )
+                self.buckets.invalidate(bucket)
             if not await provider.bucket_exists(bucket):
                 await provider.create_bucket(bucket)
             make_folder = getattr(provider, "make_folder", None)
@@ -252,7 +255,12 @@ class Platform:
     # buckets
 
     async def bucket_record(self, bucket: str) -> BucketRecord | None:
+        """Read now: for decisions that change buckets."""
         return await self.db.call(accounts.get_bucket, bucket)
+
+    async def bucket_record_cached(self, bucket: str) -> BucketRecord | None:
+        """At most two seconds old (other API servers' changes): for each upload and download."""
+        return await self.buckets.get(bucket)
 
     async def bucket_records(self) -> dict[str, BucketRecord]:
         return {b.name: b for b in await self.db.call(accounts.all_buckets)}
@@ -266,6 +274,7 @@ class Platform:
         await self.db.call(
             accounts.claim_bucket, BucketRecord(bucket, caller.name, visibility, tuple(allowed)), time.time()
         )
+        self.buckets.invalidate(bucket)
         await self.default_store().create_bucket(bucket)
         await self._rescope_s3_keys()
 
@@ -279,11 +288,13 @@ class Platform:
             )
         else:
             await self.db.call(accounts.set_bucket_visibility, bucket, visibility, list(allowed))
+        self.buckets.invalidate(bucket)
         await self._rescope_s3_keys()
 
     async def delete_bucket(self, bucket: str) -> None:
         await self.default_store().delete_bucket(bucket, force=True)
         await self.db.call(accounts.forget_bucket, bucket)
+        self.buckets.invalidate(bucket)
         await self._rescope_s3_keys()
 
     # S3 credentials for S3 tools (what /system/config hands out)
