@@ -6,6 +6,8 @@ at most `ttl` seconds late."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from sluice.db import accounts
 from sluice.db import services as service_sql
@@ -14,31 +16,43 @@ from sluice.db.database import Database
 from sluice.db.services import ServiceRecord
 
 MAX_ENTRIES = 10_000
+Value = TypeVar("Value")
+
+
+class _Recent(Generic[Value]):
+    """Values by name, each reused for `ttl` seconds after it was loaded."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.entries: dict[str, tuple[float, Value]] = {}
+
+    async def get(self, name: str, load: Callable[[], Awaitable[Value]]) -> Value:
+        hit = self.entries.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        value = await load()
+        if len(self.entries) >= MAX_ENTRIES:  # names that do not exist must not grow it for ever
+            self.entries.clear()
+        self.entries[name] = (now, value)
+        return value
 
 
 class ServiceCatalog:
     def __init__(self, db: Database, ttl: float = 2.0) -> None:
         self._db = db
         self._ttl = ttl  # bounds how stale another API server's update can look here
-        self._cache: dict[str, tuple[float, ServiceRecord | None]] = {}
+        self._recent: _Recent[ServiceRecord | None] = _Recent(ttl)
         self._all: tuple[float, list[ServiceRecord]] | None = None
 
     async def get(self, name: str) -> ServiceRecord | None:
-        hit = self._cache.get(name)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        record = await self._db.call(service_sql.get, name)
-        if len(self._cache) >= MAX_ENTRIES:  # names that do not exist must not grow it for ever
-            self._cache.clear()
-        self._cache[name] = (now, record)
-        return record
+        return await self._recent.get(name, lambda: self._db.call(service_sql.get, name))
 
     async def all(self) -> list[ServiceRecord]:
         records = await self._db.call(service_sql.list_all)
         now = time.monotonic()
         for record in records:
-            self._cache[record.spec.name] = (now, record)
+            self._recent.entries[record.spec.name] = (now, record)
         return records
 
     async def all_cached(self) -> list[ServiceRecord]:
@@ -48,26 +62,17 @@ class ServiceCatalog:
         return self._all[1]
 
     def invalidate(self, name: str) -> None:
-        self._cache.pop(name, None)
+        self._recent.entries.pop(name, None)
         self._all = None
 
 
 class BucketCatalog:
     def __init__(self, db: Database, ttl: float = 2.0) -> None:
         self._db = db
-        self._ttl = ttl
-        self._cache: dict[str, tuple[float, BucketRecord | None]] = {}
+        self._recent: _Recent[BucketRecord | None] = _Recent(ttl)
 
     async def get(self, name: str) -> BucketRecord | None:
-        hit = self._cache.get(name)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        record = await self._db.call(accounts.get_bucket, name)
-        if len(self._cache) >= MAX_ENTRIES:
-            self._cache.clear()
-        self._cache[name] = (now, record)
-        return record
+        return await self._recent.get(name, lambda: self._db.call(accounts.get_bucket, name))
 
     def invalidate(self, name: str) -> None:
-        self._cache.pop(name, None)
+        self._recent.entries.pop(name, None)
