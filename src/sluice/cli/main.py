@@ -29,6 +29,7 @@ from sluice.settings import ADMIN_PASSWORD_FILE
 from sluice.spec.fdl import parse_fdl
 from sluice.spec.service import ServiceSpec
 
+SHUTDOWN_GRACE = 10  # seconds open requests get to finish when the server stops
 app = typer.Typer(
     help="Sluice: serverless AI inference, wire-compatible with OSCAR.",
     no_args_is_help=True,
@@ -203,6 +204,9 @@ def serve(
         access_log=False,
         loop="uvloop",
         http="httptools",
+        # Open connections (a never-ending stream through an exposed service) must not hold a
+        # stopping server for ever; jobs still running are released for the next start.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
 
 

@@ -22,7 +22,7 @@ from sluice.db.services import ServiceRecord
 from sluice.errors import Overloaded, ServiceNotFound
 from sluice.executors.process import host_environment
 from sluice.metrics import Metrics
-from sluice.replicas.exposed import ExposedLaunch, ExposedService
+from sluice.replicas.exposed import ExposedLaunch, ExposedService, ExposeScaling, Lease
 from sluice.replicas.pool import ReplicaPool, Scaling
 from sluice.replicas.process import Call, Launch, Spare
 from sluice.spec.code import unpack_code
@@ -112,21 +112,29 @@ class ReplicaManager:
         elif record.spec.expose is not None:
             self._ensure_exposed(record)
 
-    def exposed_target(self, record: ServiceRecord) -> str | None:
-        """Where to proxy a request for the exposed service: a healthy copy's base URL."""
-        held = self._exposed.get(record.spec.name)
+    async def exposed_lease(self, record: ServiceRecord) -> Lease:
+        """A hold on a healthy copy of the exposed service for one proxied request, until its
+        answer is sent; 503 (Overloaded) while stopped or while no copy is healthy."""
+        name = record.spec.name
+        if name in self._stopped:
+            raise Overloaded(f"service '{name}' is stopped: POST /system/services/{name}/start", 60)
+        if record.updated_at <= self._forgotten.get(name, float("-inf")):
+            raise ServiceNotFound(name)  # a record read before the service was deleted
+        held = self._exposed.get(name)
         if held is None or held[0] != self._fingerprint(record):
-            if record.spec.name in self._stopped:
-                return None
             self._ensure_exposed(record)
-            return None
-        return held[1].pick()
+            held = self._exposed[name]
+        return await held[1].acquire()
 
     def proxy_session(self) -> aiohttp.ClientSession:
-        """One HTTP client for every proxied request to exposed services (made on first use)."""
+        """One HTTP client for every proxied request to exposed services (made on first use).
+        No total timeout: a streamed answer may last as long as it keeps sending; a silence of
+        `default_timeout` ends it."""
         if self._proxy_session is None:
             self._proxy_session = aiohttp.ClientSession(
-                auto_decompress=False, timeout=aiohttp.ClientTimeout(total=self.default_timeout)
+                auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=0),  # as many as callers: streams hold theirs
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.default_timeout),
             )
         return self._proxy_session
 
@@ -175,9 +183,7 @@ class ReplicaManager:
             else "/" + expose.health_path,
             start_timeout=self.start_timeout,
         )
-        runner = ExposedService(
-            spec.name, launch, copies=min(max(1, expose.min_scale), expose.max_scale or 1)
-        )
+        runner = ExposedService(spec.name, launch, ExposeScaling.of(expose))
         runner.start()
         self._exposed[spec.name] = (fingerprint, runner)
 
@@ -191,6 +197,9 @@ class ReplicaManager:
         self._stopped.discard(record.spec.name)
         if not record.spec.handler:
             self.warm(record)
+            exposed = self._exposed.get(record.spec.name)
+            if exposed is not None:
+                exposed[1].prime()  # with min_scale 0, one copy until idle_timeout passes unused
             return
         pool = self.pool_for(record)
         pool.ensure_min()

@@ -159,14 +159,24 @@ class Batch(_Strict):
 
 class Expose(_Loose):
     """OSCAR's exposed service: the script is an HTTP server, kept running and proxied at
-    /system/services/{name}/exposed/. Other OSCAR keys (cpu_threshold, nodePort, ...) are kept."""
+    /system/services/{name}/exposed/. Other OSCAR keys (cpu_threshold, nodePort, ...) are kept.
 
-    min_scale: int = Field(default=1, ge=0, le=100)
+    OSCAR scales the copies on CPU use (`cpu_threshold`, a Kubernetes HPA); Sluice scales them on
+    the requests in progress, which its proxy counts exactly (`target_in_flight`, `idle_timeout`)."""
+
+    min_scale: int = Field(default=1, ge=0, le=100, description="copies kept running; 0: none when idle")
     max_scale: int = Field(default=10, ge=0, le=100)
     api_port: list[int] = Field(default_factory=list)
     health_path: str = "/"
     rewrite_target: bool = False  # true: the app sees paths without the /system/.../exposed prefix
     set_auth: bool = False
+    # Sluice extensions.
+    target_in_flight: int = Field(
+        default=4, ge=1, le=10_000, description="requests in progress per copy above which copies are added"
+    )
+    idle_timeout: float = Field(
+        default=60.0, gt=0, le=86_400, description="seconds of lower load before copies above min_scale stop"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -386,6 +396,8 @@ class ServiceSpec(_Strict):
         inactive = [f for f in PASSIVE_FIELDS if getattr(self, f) not in (None, [], {}, False)]
         if self.synchronous.min_scale and not self.handler:
             inactive.append("synchronous.min_scale")  # script services keep no warm replicas yet
+        if self.expose is not None and "cpu_threshold" in (self.expose.model_extra or {}):
+            inactive.append("expose.cpu_threshold")  # copies scale on requests in progress instead
         return inactive
 
     def public_dict(self) -> dict[str, Any]:
