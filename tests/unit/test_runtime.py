@@ -497,3 +497,17 @@ def test_line_wrapped_base64_is_decoded() -> None:
 def test_a_form_that_could_be_base64_stays_base64() -> None:
     assert decode_payload(b"key=") == base64.b64decode(b"key=")
     assert json.loads(decode_payload(b"a=1&b=two+words")) == {"a": "1", "b": "two words"}
+
+
+@pytest.mark.parametrize("memory", [None, "64Mi"])
+def test_the_script_runs_from_its_workspace_with_no_arguments(rt: Runtime, memory: str | None) -> None:
+    # OSCAR runs `sh script.sh`: no positional arguments, whatever the executor's own wrapping.
+    script = 'echo "$# [$1] $(pwd)" > "$TMP_OUTPUT_DIR/args.txt"\n'
+    spec = service(script, **({"memory": memory} if memory else {}))
+
+    result = rt.run(spec)
+
+    assert result.succeeded, result.completed.output
+    count, first, cwd = rt.read("outbox", "results/args.txt").decode().split()
+    assert (count, first) == ("0", "[]")
+    assert Path(cwd).is_relative_to(rt.work_root)

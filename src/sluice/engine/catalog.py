@@ -25,17 +25,24 @@ class _Recent(Generic[Value]):
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self.entries: dict[str, tuple[float, Value]] = {}
+        self._changes = 0  # invalidations so far: a load they overtook is not kept
 
     async def get(self, name: str, load: Callable[[], Awaitable[Value]]) -> Value:
         hit = self.entries.get(name)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
+        changes = self._changes
         value = await load()
-        if len(self.entries) >= MAX_ENTRIES:  # names that do not exist must not grow it for ever
-            self.entries.clear()
-        self.entries[name] = (now, value)
+        if changes == self._changes:  # no change was made here while it loaded
+            if len(self.entries) >= MAX_ENTRIES:  # names that do not exist must not grow it for ever
+                self.entries.clear()
+            self.entries[name] = (now, value)
         return value
+
+    def invalidate(self, name: str) -> None:
+        self._changes += 1
+        self.entries.pop(name, None)
 
 
 class ServiceCatalog:
@@ -62,7 +69,7 @@ class ServiceCatalog:
         return self._all[1]
 
     def invalidate(self, name: str) -> None:
-        self._recent.entries.pop(name, None)
+        self._recent.invalidate(name)
         self._all = None
 
 
@@ -75,4 +82,4 @@ class BucketCatalog:
         return await self._recent.get(name, lambda: self._db.call(accounts.get_bucket, name))
 
     def invalidate(self, name: str) -> None:
-        self._recent.entries.pop(name, None)
+        self._recent.invalidate(name)

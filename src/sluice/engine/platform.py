@@ -109,7 +109,9 @@ class Platform:
     async def start(self) -> None:
         if self.settings.workers > 0:
             await self.executor.start()  # e.g. removes containers a killed server left
-        workspaces = WorkspacePool(self.settings.data_dir / "work")
+        workspaces = WorkspacePool(
+            self.settings.data_dir / "work", on_reassign=self.executor.forget_workspace
+        )
         if self.settings.workers > 0 and self.executor.capabilities.warm_scripts:
             self.prewarmer = ScriptPrewarmer(
                 executor=self.executor,
@@ -119,6 +121,7 @@ class Platform:
                 log_limit=self.settings.log_limit,
                 start_timeout=self.settings.replica_start_timeout,
                 interval=max(1.0, self.settings.warm_container_idle / 3),
+                is_stopped=self.replicas.is_stopped,
             )
             self.prewarmer.start()
         self.sync = SyncRunner(
@@ -259,7 +262,7 @@ class Platform:
         return await self.db.call(accounts.get_bucket, bucket)
 
     async def bucket_record_cached(self, bucket: str) -> BucketRecord | None:
-        """At most two seconds old (other API servers' changes): for each upload and download."""
+        """At most two seconds old (other API servers' changes): for every object route."""
         return await self.buckets.get(bucket)
 
     async def bucket_records(self) -> dict[str, BucketRecord]:

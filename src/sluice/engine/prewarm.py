@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from sluice.db.services import ServiceRecord
 from sluice.engine.catalog import ServiceCatalog
@@ -33,6 +34,7 @@ class ScriptPrewarmer:
         log_limit: int,
         start_timeout: float,
         interval: float,
+        is_stopped: Callable[[str], bool],
     ) -> None:
         self.executor = executor
         self.workspaces = workspaces
@@ -41,6 +43,7 @@ class ScriptPrewarmer:
         self.log_limit = log_limit
         self.start_timeout = start_timeout
         self.interval = interval
+        self.is_stopped = is_stopped  # a service stopped through the deployment API wants none
         self._loop_task: asyncio.Task[None] | None = None
         self._preparing: dict[str, asyncio.Task[None]] = {}  # one at a time per service
 
@@ -55,7 +58,8 @@ class ScriptPrewarmer:
 
     def ensure(self, record: ServiceRecord) -> None:
         """Start the service's `min_scale` containers in the background, if it wants any."""
-        if not _wants_containers(record) or record.spec.name in self._preparing:
+        name = record.spec.name
+        if not _wants_containers(record) or name in self._preparing or self.is_stopped(name):
             return
         task = asyncio.create_task(self._prepare(record), name=f"prewarm-{record.spec.name}")
         self._preparing[record.spec.name] = task

@@ -82,3 +82,7 @@ class Executor(Protocol):
     def forget(self, service: str) -> None:
         """Drop what is kept for a service that was deleted or changed."""
         ...
+
+    async def forget_workspace(self, workdir: Path) -> None:
+        """Drop what is kept for a workspace about to serve another service."""
+        ...

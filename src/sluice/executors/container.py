@@ -141,6 +141,11 @@ class ContainerExecutor:
         if self.warm is not None:
             self.warm.forget(service)
 
+    async def forget_workspace(self, workdir: Path) -> None:
+        """A workspace goes to another service: the warm containers that mount it go first."""
+        if self.warm is not None:
+            await self.warm.forget_workspace(workdir)
+
     async def remove_strays(self) -> int:
         listed = await self._housekeeping("ps", "-aq", "--filter", f"label={OWNER_LABEL}={self.owner}")
         ids = listed.stdout.split()
@@ -340,6 +345,7 @@ class ContainerExecutor:
             argv += ["--authfile", str(auth_file)]
         elif auth_file is not None:
             client_env = self._client_env(auth_file) or client_env
+            temporary.append(Path(client_env["DOCKER_CONFIG"]) / "config.json")  # credentials
         return ContainerCommands(
             run=[*argv, *command],
             remove=[*self._base, *self._remove(name)],

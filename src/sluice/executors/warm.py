@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import secrets
 import shlex
 import time
 from collections.abc import Callable
@@ -34,16 +36,22 @@ from sluice.replicas.process import ContainerCommands
 log = logging.getLogger("sluice.containers")
 
 JOB_FILE = ".sluice-job.sh"
-# PID 1 of a warm container. The job's own stdin and stdout are never the control pipe.
+# PID 1 of a warm container: the secret first, then one job a line. The job's own stdin and stdout
+# are never the control pipes.
 SHELL_LOOP = (
-    'while IFS= read -r job; do /bin/sh "$job" </dev/null >/dev/null 2>&1; code=$?; '
-    'kill -9 -1 2>/dev/null; echo "$code"; done'
+    "IFS= read -r secret || exit 98; "
+    'while IFS=" " read -r given job; do [ "$given" = "$secret" ] || exit 99; '
+    '/bin/sh "$job" </dev/null >/dev/null 2>&1; code=$?; '
+    'kill -9 -1 2>/dev/null; echo "$secret $code"; done'
 )
-# A shell reports "could not cd into the workspace" as 126 (found but not runnable), not as
-# anything a script could mean.
+MAX_USES = 1000  # invocations before a container is replaced: files left in it do not pile up
+MAX_AGE = 3600.0  # seconds, likewise
+# The job file's exit code when it cannot enter the workspace: 126 ("cannot execute"), as shells
+# use it, rather than a code a script would choose.
 NO_WORKSPACE = 126
 ENGINE_FAILED = 125  # `podman run` / `docker run`: the engine failed, the container never ran
 REMOVE_TIMEOUT = 60.0
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ContainerGone(Exception):
@@ -53,6 +61,9 @@ class ContainerGone(Exception):
 def job_script(invocation: Invocation) -> str:
     """The job file: output to the job's log, the workspace as working directory, the environment
     (shell-quoted, so values may hold any character), then the invocation's command."""
+    bad = [name for name in invocation.env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"not variable names: {bad}")  # the spec checks them; never trust a format
     log_path = invocation.workdir / LOG_FILE
     lines = [
         f"exec >{shlex.quote(str(log_path))} 2>&1",
@@ -67,8 +78,8 @@ def warm_key(invocation: Invocation) -> tuple[object, ...]:
     """What a container was started with: invocations that agree on it can share one."""
     return (
         invocation.env.get("OSCAR_SERVICE_NAME"),  # one service's state never meets another's
-        invocation.image,
         invocation.workdir,
+        invocation.image,
         invocation.read_only_paths,
         invocation.cpus,
         invocation.memory_bytes,
@@ -86,7 +97,9 @@ class WarmContainer:
         self.commands = commands
         self.engine_log = folder / f"{name}.log"  # the engine client's own messages
         self.folder = folder
-        self.last_used = time.monotonic()
+        self.started_at = self.last_used = time.monotonic()
+        self.uses = 0
+        self._secret = secrets.token_hex(16)
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -99,14 +112,24 @@ class WarmContainer:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=engine_log,
             )
+        if self._process.stdin is not None:
+            self._process.stdin.write(f"{self._secret}\n".encode())  # before any job can listen
+
+    @property
+    def worn(self) -> bool:
+        """Used enough to be replaced (whatever jobs left in its file system goes with it)."""
+        return self.uses >= MAX_USES or time.monotonic() - self.started_at > MAX_AGE
 
     async def run(self, job_file: Path, timeout: float) -> int | None:
         """The job's exit code, or None when `timeout` passed first. Raises ContainerGone."""
         process = self._process
         if process is None or process.stdin is None or process.stdout is None:
             raise ContainerGone("the container was not started")
+        if "\n" in str(job_file):
+            raise ContainerGone(f"a line break in the workspace path {job_file!r}")
+        self.uses += 1
         try:
-            process.stdin.write(f"{job_file}\n".encode())
+            process.stdin.write(f"{self._secret} {job_file}\n".encode())
             await process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             raise ContainerGone(await self.ending()) from None
@@ -115,10 +138,11 @@ class WarmContainer:
                 line = await process.stdout.readline()
         except TimeoutError:
             return None
-        try:
-            return int(line)
-        except ValueError:  # the end of the stream, or something that is not the loop's answer
-            raise ContainerGone(await self.ending()) from None
+        given, _, code = line.decode(errors="replace").strip().partition(" ")
+        if given != self._secret or not code.lstrip("-").isdigit():
+            # The end of the stream, or a line the loop did not write (a job forging an answer).
+            raise ContainerGone(await self.ending())
+        return int(code)
 
     async def ending(self) -> str:
         """Why the container is gone: the engine's last error line, if it printed one."""
@@ -175,7 +199,8 @@ class WarmContainers:
         self.folder = folder
         self.limit = limit
         self.idle_seconds = idle_seconds
-        self._containers: dict[tuple[object, ...], WarmContainer] = {}
+        self._containers: dict[tuple[object, ...], WarmContainer] = {}  # idle ones, oldest use first
+        self._forgotten: dict[str, float] = {}  # service -> when it was deleted or changed
         self._reaper: asyncio.Task[None] | None = None
         self._removals: set[asyncio.Task[None]] = set()
         self.started = 0  # containers started: a warm call starts none
@@ -185,14 +210,19 @@ class WarmContainers:
         key = warm_key(invocation)
         container = self._containers.pop(key, None)
         if container is not None and container.exited:
-            await container.remove()
+            self._remove_later(container)
             container = None
         if container is None:
             container = await self._start(invocation)
         job_file = invocation.workdir / JOB_FILE
+        try:
+            script = job_script(invocation)
+        except ValueError as exc:
+            self._keep(key, container)
+            return Completed(None, "", error=str(exc))
         descriptor = os.open(job_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(job_script(invocation))
+            handle.write(script)
         try:
             exit_code = await container.run(job_file, invocation.timeout)
         except ContainerGone as exc:
@@ -209,9 +239,7 @@ class WarmContainers:
             await container.remove()
             output += f"\n[sluice] container removed after the {invocation.timeout:g} s timeout\n"
             return Completed(None, output, timed_out=True, duration=time.monotonic() - started)
-        container.last_used = time.monotonic()
-        self._containers[key] = container  # most recently used last
-        await self._trim()
+        self._keep(key, container)
         return Completed(exit_code=exit_code, output=output, duration=time.monotonic() - started)
 
     async def prepare(self, invocation: Invocation, timeout: float) -> bool:
@@ -224,7 +252,7 @@ class WarmContainers:
             container.last_used = time.monotonic()  # kept: it is wanted
             return False
         if container is not None:
-            await self._containers.pop(key).remove()
+            self._remove_later(self._containers.pop(key))
         container = await self._start(invocation)
         job_file = invocation.workdir / JOB_FILE
         job_file.write_text("exit 0\n")
@@ -236,9 +264,21 @@ class WarmContainers:
             raise
         finally:
             job_file.unlink(missing_ok=True)
-        self._containers[key] = container
-        await self._trim()
+        container.uses = 0  # the readiness check was no job
+        self._keep(key, container)
         return True
+
+    def _keep(self, key: tuple[object, ...], container: WarmContainer) -> None:
+        """Back among the idle ones, unless its service changed meanwhile or it is worn; at most
+        `limit` are kept, the least recently used go first."""
+        service = str(key[0])
+        if container.worn or container.started_at <= self._forgotten.get(service, float("-inf")):
+            self._remove_later(container)
+            return
+        container.last_used = time.monotonic()
+        self._containers[key] = container  # most recently used last
+        while len(self._containers) > self.limit:
+            self._remove_later(self._containers.pop(next(iter(self._containers))))
 
     async def _start(self, invocation: Invocation) -> WarmContainer:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -254,34 +294,36 @@ class WarmContainers:
             self._reaper = asyncio.create_task(self._reap_idle(), name="sluice-warm-reaper")
         return container
 
-    async def _trim(self) -> None:
-        """Keep at most `limit` idle containers: the least recently used go first."""
-        while len(self._containers) > self.limit:
-            key = next(iter(self._containers))
-            await self._containers.pop(key).remove()
+    def _remove_later(self, container: WarmContainer) -> None:
+        """Remove in the background: no call waits for `podman rm`, and a cancelled call cannot
+        leave the removal half done."""
+        task = asyncio.create_task(container.remove())
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def _reap_idle(self) -> None:
         while True:
             await asyncio.sleep(max(1.0, self.idle_seconds / 4))
             now = time.monotonic()
-            idle = [key for key, c in self._containers.items() if now - c.last_used > self.idle_seconds]
-            for key in idle:
-                container = self._containers.pop(key, None)
-                if container is not None:
-                    await container.remove()
+            for key in [k for k, c in self._containers.items() if now - c.last_used > self.idle_seconds]:
+                self._remove_later(self._containers.pop(key))
 
     @property
     def idle(self) -> int:
         return len(self._containers)
 
     def forget(self, service: str) -> None:
-        """Remove a deleted or updated service's idle containers, in the background (their
-        settings are stale; one still running an invocation is removed with its next timeout
-        or when the server stops, and never reused: its key names the old script)."""
+        """A service was deleted or changed: its idle containers go now, one still running an
+        invocation when that ends (a new service of the same name never gets them)."""
+        self._forgotten[service] = time.monotonic()
         for key in [key for key in self._containers if key[0] == service]:
-            task = asyncio.create_task(self._containers.pop(key).remove())
-            self._removals.add(task)
-            task.add_done_callback(self._removals.discard)
+            self._remove_later(self._containers.pop(key))
+
+    async def forget_workspace(self, workdir: Path) -> None:
+        """A workspace goes to another service: no container of the last one may keep it mounted
+        (removed before the new service's input is staged there)."""
+        gone = [self._containers.pop(key) for key in list(self._containers) if key[1] == workdir]
+        await asyncio.gather(*(c.remove() for c in gone), return_exceptions=True)
 
     async def stop(self) -> None:
         if self._reaper is not None:

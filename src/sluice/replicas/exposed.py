@@ -333,10 +333,12 @@ class ExposedService:
         self._closed = True
         self._notify()
         tasks = [slot.task for slot in self._slots if slot.task is not None]
-        tasks += [*self._stopping, *([self._autoscaler] if self._autoscaler else [])]
+        tasks += [self._autoscaler] if self._autoscaler else []
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Copies being scaled down are already stopping: a second cancel would cut their clean-up
+        # short (no SIGKILL for a copy that ignores SIGTERM, its env-file left behind).
+        await asyncio.gather(*tasks, *self._stopping, return_exceptions=True)
         # A copy whose task was cancelled before its own clean-up ran.
         copies = [slot.copy for slot in self._slots if slot.copy is not None]
         await asyncio.gather(*(copy.stop() for copy in copies), return_exceptions=True)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 
@@ -67,9 +68,20 @@ def end_orphans(root: Path) -> int:
     return ended
 
 
+MAX_WORKSPACES = 64  # past this many, a free workspace of another service is reassigned
+
+
 class WorkspacePool:
-    def __init__(self, root: Path) -> None:
+    """Workspaces for invocations, each preferably reused by the service it last served.
+
+    `on_reassign(root)`, if given, is awaited before a workspace goes to another service: the
+    container executor removes the warm containers that mount it, so no container of one service
+    ever sees another's files.
+    """
+
+    def __init__(self, root: Path, on_reassign: Callable[[Path], Awaitable[None]] | None = None) -> None:
         self.root = root
+        self._on_reassign = on_reassign
         end_orphans(root)
         shutil.rmtree(root, ignore_errors=True)  # whatever a stopped server left is stale
         self._scripts = root / "scripts"
@@ -78,16 +90,19 @@ class WorkspacePool:
         self._created = 0
 
     async def acquire(self, affinity: str | None = None) -> Workspace:
-        """A free workspace, preferably one that last served `affinity` (a service's name): a
-        warm container of that service may already have it mounted."""
+        """A free workspace that last served `affinity` (a service's name: a warm container of
+        that service may have it mounted), else a new one, else (MAX_WORKSPACES made) the
+        longest unused, taken from its last service."""
         chosen = next((w for w in reversed(self._free) if w.affinity == affinity), None)
-        if chosen is None and self._free:
-            chosen = self._free[0]  # the longest unused: the least likely to be wanted back soon
-        if chosen is None:
+        if chosen is not None:
+            self._free.remove(chosen)
+        elif self._created < MAX_WORKSPACES or not self._free:
             self._created += 1
             chosen = Workspace(self.root / f"slot-{self._created}")
         else:
-            self._free.remove(chosen)
+            chosen = self._free.pop(0)  # the longest unused, from another service
+            if self._on_reassign is not None and chosen.affinity is not None:
+                await self._on_reassign(chosen.root)
         chosen.affinity = affinity
         return chosen
 

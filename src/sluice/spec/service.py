@@ -395,7 +395,7 @@ class ServiceSpec(_Strict):
         """OSCAR fields set on this service that Sluice stores but does not act on yet."""
         inactive = [f for f in PASSIVE_FIELDS if getattr(self, f) not in (None, [], {}, False)]
         if self.synchronous.min_scale and not self.handler:
-            inactive.append("synchronous.min_scale")  # script services keep no warm replicas yet
+            inactive.append("synchronous.min_scale")  # only warm containers act on it (the API says)
         if self.expose is not None and "cpu_threshold" in (self.expose.model_extra or {}):
             inactive.append("expose.cpu_threshold")  # copies scale on requests in progress instead
         return inactive
