@@ -1,6 +1,7 @@
 """Synchronous inference through Sluice beside its floor and its rivals, in one run.
 
     .venv/bin/python benchmarks/sync.py [--requests 2000] [--concurrency 1 8 32] [--no-ray]
+    .venv/bin/python benchmarks/sync.py --batch-only    # only the batching rows (5. below)
 
 For two handlers (an echo, and the digits ONNX model of `examples/digits-handler`), the same
 load generator (aiohttp, N calls in flight) measures p50/p99 latency and throughput of:
@@ -9,7 +10,10 @@ load generator (aiohttp, N calls in flight) measures p50/p99 latency and through
 2. sluice: `POST /run/{svc}` on a real `sluice serve`, the handler in one warm replica;
 3. ray: Ray Serve serving the same handler (one replica), through its HTTP proxy;
 4. script: Sluice running the same model as an OSCAR-style script per request (`/run` on a
-   script service: a process and a model load per call), at concurrency 1 and 8 only.
+   script service: a process and a model load per call), at concurrency 1 and 8 only;
+5. sluice-batch8, sluice-batch32: the digits model as a batch handler (`batch: {max_size: 8,
+   max_wait_ms: 2}` and `{max_size: 32, max_wait_ms: 5}`: one ONNX run per batch), beside the
+   unbatched one (row 2), after checking both give the same answers.
 
 Also: the server's CPU time per call (sluice server + replica, from /proc), which bounds
 requests per core; and scale from zero (a call to a service whose replicas all stopped) beside
@@ -50,11 +54,75 @@ ECHO_CODE = """
 def handle(request):
     return request.body
 """
+# The digits handler of examples/digits-handler as a batch handler: one ONNX run per batch, one
+# result per request in `digits.predict`'s shape. A body of BATCH_SIZES_PROBE answers instead how
+# many batches of each size it ran since the last probe, to tell whether batches really formed.
+BATCH_SIZES_PROBE = b"batch-sizes"
+BATCH_DIGITS_CODE = """
+import collections
+
+import numpy as np
+
+from sluice.demo import digits
+from sluice.handler import Response
+
+
+class State:
+    def __init__(self):
+        self.session = digits.load_session()
+        self.input_name = self.session.get_inputs()[0].name
+        self.sizes = collections.Counter()
+
+
+def load():
+    return State()
+
+
+def handle(requests):
+    state = requests[0].state
+    results = [None] * len(requests)
+    rows, positions = [], []
+    for position, request in enumerate(requests):
+        if request.body == b"batch-sizes":  # BATCH_SIZES_PROBE
+            results[position] = dict(state.sizes)
+            state.sizes.clear()
+            continue
+        try:
+            rows.append(digits.parse_input(request.body))
+        except ValueError as exc:  # refused alone, not with its batch
+            results[position] = Response(str(exc), "text/plain", status=400)
+            continue
+        positions.append(position)
+    if rows:
+        state.sizes[len(rows)] += 1
+        labels, probabilities = state.session.run(
+            [digits.LABEL_OUTPUT, digits.PROBABILITIES_OUTPUT], {state.input_name: np.concatenate(rows)}
+        )
+        for position, label, row in zip(positions, labels, probabilities):
+            results[position] = {
+                "label": int(label),
+                "probabilities": {str(digit): round(float(p), 4) for digit, p in enumerate(row)},
+            }
+    return results
+"""
 # The handlers every system runs: the same functions, imported the same way.
 HANDLERS = {
     "echo": {"module": "bench_echo", "code": ECHO_CODE, "init": None, "body": b"x" * 64},
     "digits": {"module": "digits_handler", "code": None, "init": "load", "body": SAMPLE},
+    "digits-batch": {
+        "module": "bench_digits_batch",
+        "code": BATCH_DIGITS_CODE,
+        "init": "load",
+        "body": SAMPLE,
+    },
 }
+# Batched systems beside the unbatched "sluice" digits rows; each is one replica (min_scale 1,
+# max_scale 1) with `synchronous.concurrency` 32, at least every max_size.
+BATCHES = {
+    "sluice-batch8": {"max_size": 8, "max_wait_ms": 2},
+    "sluice-batch32": {"max_size": 32, "max_wait_ms": 5},
+}
+NOISE = 0.1  # batched / unbatched calls/s within 10% of 1 reads as no change: runs differ that much
 BARE_APP = """
 import importlib, sys
 sys.path.insert(0, sys.argv[1])
@@ -227,7 +295,9 @@ class Sluice:
         self.server.stop()
 
 
-def handler_spec(name: str, kind: str, work: Path, **synchronous: object) -> dict[str, object]:
+def handler_spec(
+    name: str, kind: str, work: Path, batch: dict[str, float] | None = None, **synchronous: object
+) -> dict[str, object]:
     handler = HANDLERS[kind]
     function = "classify" if kind == "digits" else "handle"
     spec: dict[str, object] = {
@@ -240,6 +310,8 @@ def handler_spec(name: str, kind: str, work: Path, **synchronous: object) -> dic
     }
     if handler["init"]:
         spec["init"] = f"{handler['module']}:{handler['init']}"
+    if batch:
+        spec["batch"] = batch
     return spec
 
 
@@ -272,7 +344,11 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
     sluice.start()
     try:
         if args.cold_only:
-            report(args, results, cpu_per_call, scale_from_zero(sluice, work))
+            report(args, results, cpu_per_call, scale_from_zero(sluice, work), {})
+            return
+        if args.batch_only:
+            batch_sizes = measure_batching(args, sluice, work, results)
+            report(args, results, cpu_per_call, None, batch_sizes)
             return
         for kind in ("echo", "digits"):
             body = HANDLERS[kind]["body"]
@@ -319,6 +395,8 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
                     subprocess.run(
                         [ray_cli, "stop", "--force"], capture_output=True, check=False, timeout=120
                     )
+        # 5. the digits model batched, beside its unbatched rows of 2.
+        batch_sizes = measure_batching(args, sluice, work, results)
         # 4. the model as an OSCAR-style script, per request
         script = 'python -m sluice.demo.digits "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/out.json"\n'
         token = sluice.create(
@@ -343,7 +421,103 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
         cold = scale_from_zero(sluice, work)
     finally:
         sluice.stop()
-    report(args, results, cpu_per_call, cold)
+    report(args, results, cpu_per_call, cold, batch_sizes)
+
+
+def measure_batching(
+    args: argparse.Namespace,
+    sluice: Sluice,
+    work: Path,
+    results: dict[tuple[str, str, int], dict[str, float]],
+) -> dict[tuple[str, int], float]:
+    """The BATCHES rows of the digits model, beside the unbatched "sluice" rows; the calls per
+    ONNX run each row saw, by (system, concurrency).
+
+    Without the unbatched rows yet (--batch-only), they are measured here, interleaved with the
+    batched ones concurrency by concurrency, so a machine that gets busier part-way through skews
+    all systems alike."""
+    assert sluice.http is not None
+    unbatched_measured = ("sluice", "digits", args.concurrency[0]) in results
+    if unbatched_measured:
+        token = sluice.http.get("/system/services/bench-digits").raise_for_status().json()["token"]
+    else:
+        token = sluice.create(handler_spec("bench-digits", "digits", work))
+    urls = {"sluice": f"{sluice.server.endpoint}/run/bench-digits"}
+    headers = {"sluice": {"Authorization": f"Bearer {token}"}}
+    for system, batch in BATCHES.items():
+        token = sluice.create(handler_spec(f"bench-{system}", "digits-batch", work, batch=batch))
+        urls[system] = f"{sluice.server.endpoint}/run/bench-{system}"
+        headers[system] = {"Authorization": f"Bearer {token}"}
+    check_batch_answers(urls, headers)
+    sizes: dict[tuple[str, int], float] = {}
+    for concurrency in args.concurrency:
+        for system, url in urls.items():
+            if system == "sluice" and unbatched_measured:
+                continue
+            if system in BATCHES:
+                probe_batch_sizes(url, headers[system])  # reset its count
+            results[(system, "digits", concurrency)] = run(
+                load(url, SAMPLE, headers[system], args.requests, concurrency)
+            )
+            if system in BATCHES:
+                counts = probe_batch_sizes(url, headers[system])
+                # load() warms up with min(50, requests) calls one after the other: batches of 1.
+                counts[1] -= min(50, args.requests)
+                runs = sum(counts.values())
+                sizes[(system, concurrency)] = sum(s * n for s, n in counts.items()) / runs if runs else 0.0
+    return sizes
+
+
+def probe_batch_sizes(url: str, headers: dict[str, str]) -> dict[int, int]:
+    """How many batches of each size the batch handler ran since the last probe (which resets it)."""
+    answered = httpx.post(url, content=BATCH_SIZES_PROBE, headers=headers, timeout=60)
+    answered.raise_for_status()
+    counts = {int(size): n for size, n in answered.json().items()}
+    counts.setdefault(1, 0)
+    return counts
+
+
+def check_batch_answers(urls: dict[str, str], headers: dict[str, dict[str, str]]) -> None:
+    """Every sample digit gets the same answer from each batched service as from the unbatched
+    one ("sluice"): sent all at once, so that they share batches, each must come back to its caller."""
+    samples = sorted((ROOT / "examples/digits/samples").glob("*.csv"))
+    bodies = [sample.read_bytes() for sample in samples]
+    with httpx.Client(timeout=60) as client:
+        expected = []
+        for body in bodies:
+            answered = client.post(urls["sluice"], content=body, headers=headers["sluice"])
+            answered.raise_for_status()
+            expected.append(answered.json())
+
+    async def all_at_once(url: str, system_headers: dict[str, str]) -> list[dict[str, object]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=len(bodies))) as session:
+
+            async def one(body: bytes) -> dict[str, object]:
+                async with session.post(url, data=body, headers=system_headers) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"{url} answered {response.status}: {await response.text()}")
+                    return await response.json()
+
+            return await asyncio.wait_for(asyncio.gather(*(one(body) for body in bodies)), timeout=60)
+
+    for system in BATCHES:
+        probe_batch_sizes(urls[system], headers[system])  # reset
+        answers = run(all_at_once(urls[system], headers[system]))
+        seen = probe_batch_sizes(urls[system], headers[system])
+        for sample, want, got in zip(samples, expected, answers, strict=True):
+            close = want.keys() == got.keys() and want["probabilities"].keys() == got["probabilities"].keys()
+            close = close and all(
+                abs(want["probabilities"][d] - got["probabilities"][d]) <= 1e-3 for d in want["probabilities"]
+            )
+            if want["label"] != got["label"] or not close:
+                raise RuntimeError(f"{system} answered {got} for {sample.name}; the unbatched handler {want}")
+        print(
+            f"  {system}: the {len(samples)} samples sent at once got the unbatched handler's labels "
+            f"({', '.join(str(answer['label']) for answer in answers)}); batch sizes "
+            f"{ {size: n for size, n in sorted(seen.items()) if n} }",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def scale_from_zero(sluice: Sluice, work: Path) -> dict[str, float]:
@@ -389,7 +563,8 @@ def report(
     args: argparse.Namespace,
     results: dict[tuple[str, str, int], dict[str, float]],
     cpu_per_call: dict[tuple[str, str], float],
-    cold: dict[str, float],
+    cold: dict[str, float] | None,
+    batch_sizes: dict[tuple[str, int], float],
 ) -> None:
     print("\n| handler | system | concurrency | p50 ms | p99 ms | calls/s |")
     print("|---|---|---|---|---|---|")
@@ -419,6 +594,9 @@ def report(
                     f"{kind}: {system} CPU per call {cpu * 1e6:.0f} us -> "
                     f"{1 / cpu:.0f} calls per CPU-second (target 5000)"
                 )
+    report_batching(args, results, batch_sizes)
+    if cold is None:
+        return
     print(
         f"scale from zero (median of 5 cold calls): echo {cold['echo']:.0f} ms, "
         f"digits {cold['digits']:.0f} ms; "
@@ -429,6 +607,40 @@ def report(
         f"digits {cold['digits_replica_start']:.0f} ms; a warm call with the same client: "
         f"echo {cold['echo_warm']:.1f} ms, digits {cold['digits_warm']:.1f} ms"
     )
+
+
+def report_batching(
+    args: argparse.Namespace,
+    results: dict[tuple[str, str, int], dict[str, float]],
+    batch_sizes: dict[tuple[str, int], float],
+) -> None:
+    """Per concurrency: each batched system's calls/s and p50 against the unbatched digits rows."""
+    for concurrency in args.concurrency:
+        unbatched = results.get(("sluice", "digits", concurrency))
+        if not unbatched:
+            continue
+        parts, helped = [], []
+        for system in BATCHES:
+            batched = results.get((system, "digits", concurrency))
+            if not batched:
+                continue
+            throughput = batched["rps"] / unbatched["rps"]
+            if throughput > 1 + NOISE:
+                helped.append(system)
+                effect = "more"
+            else:
+                effect = "fewer" if throughput < 1 - NOISE else f"same within {NOISE:.0%}"
+            latency = batched["p50"] / unbatched["p50"]
+            parts.append(
+                f"{system} calls/s {throughput:.2f}x ({effect}), p50 {latency:.2f}x "
+                f"({batched['p50']:.2f} against {unbatched['p50']:.2f} ms), "
+                f"{batch_sizes.get((system, concurrency), 0):.1f} calls per model run"
+            )
+        if parts:
+            print(
+                f"digits at concurrency {concurrency}, batched / unbatched: {'; '.join(parts)}. "
+                f"Batching helped throughput: {'yes (' + ', '.join(helped) + ')' if helped else 'no'}"
+            )
 
 
 def run(coroutine):  # type: ignore[no-untyped-def]
@@ -448,8 +660,15 @@ def main() -> None:
     parser.add_argument(
         "--cold-only", action="store_true", help="only the scale-from-zero measurement (no load rows)"
     )
+    parser.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="only the batching rows: the digits model unbatched and batched (no Ray, no cold starts)",
+    )
     args = parser.parse_args()
-    if args.ray:
+    if args.cold_only and args.batch_only:
+        parser.error("give --cold-only or --batch-only, not both")
+    if args.ray and not (args.cold_only or args.batch_only):
         try:
             import ray  # noqa: F401
             from ray import serve  # noqa: F401
