@@ -395,3 +395,21 @@ def test_an_exposed_service_runs_in_its_image_behind_the_proxy(
     wait_until(
         lambda: not podman.containers(f"{SERVICE_LABEL}=ctr-web"), 30, "the exposed container's removal"
     )
+
+
+def test_a_handler_service_with_enable_gpu_fails_clearly_without_a_gpu(
+    http: httpx.Client, server: ServerProcess, podman: Podman, handler_code: str
+) -> None:
+    created = create(
+        http, "ctr-handler-gpu", "", handler="model:predict", code=handler_code, enable_gpu=True,
+        synchronous={"min_scale": 0, "max_scale": 1},
+    )  # fmt: skip
+    answer = httpx.post(
+        f"{server.endpoint}/run/ctr-handler-gpu",
+        content=b"call",
+        headers={"Authorization": f"Bearer {created['token']}"},
+        timeout=60,
+    )
+    assert answer.status_code == 502, answer.text
+    assert "enable_gpu is set but podman reports no GPU on this host" in answer.text
+    assert podman.containers(f"{SERVICE_LABEL}=ctr-handler-gpu") == []  # nothing was started
