@@ -407,17 +407,17 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
             "Content-Type": "application/octet-stream",
             "Accept": "application/json",
         }
-        for concurrency in (1, 8):
-            if concurrency in args.concurrency:
-                results[("script", "digits", concurrency)] = run(
-                    load(
-                        f"{sluice.server.endpoint}/run/bench-script",
-                        SAMPLE,
-                        headers,
-                        args.script_requests,
-                        concurrency,
-                    )
+        for concurrency in args.concurrency:
+            # At least two calls per caller, so every one of them has a call in flight.
+            results[("script", "digits", concurrency)] = run(
+                load(
+                    f"{sluice.server.endpoint}/run/bench-script",
+                    SAMPLE,
+                    headers,
+                    max(args.script_requests, 2 * concurrency),
+                    concurrency,
                 )
+            )
         cold = scale_from_zero(sluice, work)
     finally:
         sluice.stop()

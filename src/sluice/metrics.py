@@ -1,6 +1,7 @@
 """Prometheus metrics: what Knative and Ray Serve users ask for and rarely get, a call's latency
 split into the wait for a replica, the platform's own time and the handler's time; replica counts
-and cold starts; jobs by outcome. Served at `GET /metrics` (admin credentials)."""
+and cold starts; exposed services' copies, requests in progress and scaling decisions; jobs by
+outcome. Served at `GET /metrics` (admin credentials)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 # From 50 us (a warm call's platform time) to a minute (a slow model, a cold start).
@@ -52,6 +53,11 @@ class Metrics:
         """Report replica gauges from `pools()` (service -> status) at each scrape."""
         self.registry.register(_ReplicaGauges(pools))
 
+    def watch_exposed(self, services: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Report exposed services' gauges and counters from `services()` (service -> status) at
+        each scrape."""
+        self.registry.register(_ExposedMetrics(services))
+
 
 class _ReplicaGauges(Collector):
     def __init__(self, pools: Callable[[], dict[str, dict[str, Any]]]) -> None:
@@ -67,3 +73,39 @@ class _ReplicaGauges(Collector):
             in_flight.add_metric([service], status["in_flight"])
             waiting.add_metric([service], status["waiting"])
         yield from (replicas, in_flight, waiting)
+
+
+class _ExposedMetrics(Collector):
+    def __init__(self, services: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._services = services
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        copies = GaugeMetricFamily(
+            "sluice_exposed_copies", "Copies of exposed services by state", labels=["service", "state"]
+        )
+        in_flight = GaugeMetricFamily(
+            "sluice_exposed_requests_in_flight", "Proxied requests holding a copy", labels=["service"]
+        )
+        waiting = GaugeMetricFamily(
+            "sluice_exposed_requests_waiting",
+            "Proxied requests waiting for a copy to start",
+            labels=["service"],
+        )
+        decisions = CounterMetricFamily(
+            "sluice_exposed_scale_decisions",
+            "Scaling decisions, by direction",
+            labels=["service", "direction"],
+        )
+        restarts = CounterMetricFamily(
+            "sluice_exposed_copy_restarts", "Copies started again after one exited or failed to start",
+            labels=["service"],
+        )  # fmt: skip
+        for service, status in self._services().items():
+            copies.add_metric([service, "ready"], status["healthy"])
+            copies.add_metric([service, "starting"], status["starting"])
+            in_flight.add_metric([service], status["in_flight"])
+            waiting.add_metric([service], status["waiting"])
+            decisions.add_metric([service, "up"], status["scale_ups"])
+            decisions.add_metric([service, "down"], status["scale_downs"])
+            restarts.add_metric([service], status["restarts"])
+        yield from (copies, in_flight, waiting, decisions, restarts)

@@ -1,11 +1,13 @@
 """OSCAR's deployment routes on a real server: access checks, what runs, the replicas' logs, and
-stop/start/restart of a handler service (a script service has nothing to start and says so)."""
+stop/start/restart of a handler service (a script service has nothing to start and says so); an
+exposed service scaled to zero says so."""
 
 from __future__ import annotations
 
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,32 @@ CODE = textwrap.dedent(
     def handle(request):
         print("answering", request.text(), flush=True)
         return {"pid": os.getpid()}
+    """
+)
+
+# A web app for an exposed service: a request answers once the file `until` exists (20 s at most).
+APP = textwrap.dedent(
+    """\
+    import os, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            until = parse_qs(urlsplit(self.path).query).get("until")
+            deadline = time.monotonic() + 20
+            while until and not os.path.exists(until[0]) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
     """
 )
 
@@ -155,3 +183,27 @@ def test_logs_without_a_service_name_says_what_to_give(http: httpx.Client) -> No
     answer = http.get("/system/logs/")
     assert answer.status_code == 400
     assert "/system/logs/{service}" in answer.text
+
+
+def test_an_exposed_service_scaled_to_zero_says_so(http: httpx.Client, tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    spec = {"name": "dep-zero", "image": "python", "script": f"exec python {app}\n",
+            "expose": {"min_scale": 0, "max_scale": 1, "idle_timeout": 1}}  # fmt: skip
+    assert http.post("/system/services", json=spec).status_code == 201
+    scaled_to_zero = {"resource_kind": "exposed", "state": "scaled-to-zero", "active_instances": 0,
+                      "affected_instances": 0, "reason": "the next request starts a copy"}  # fmt: skip
+    before = state_of(http, "dep-zero")  # nothing ran yet: not "starting", nothing is
+    assert {key: before[key] for key in scaled_to_zero} == scaled_to_zero
+    assert before["service_name"] == "dep-zero" and "last_transition_time" in before
+    go = tmp_path / "go"
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(http.get, "/system/services/dep-zero/exposed/", params={"until": str(go)})
+        busy = wait_state(http, "dep-zero", "ready")  # the request started a copy and holds it
+        assert (busy["active_instances"], busy["reason"]) == (1, "")
+        go.touch()
+        assert held.result(timeout=60).text == "ok"
+    after = wait_state(http, "dep-zero", "scaled-to-zero")  # idle for idle_timeout: no copy left
+    assert {key: after[key] for key in scaled_to_zero} == scaled_to_zero
+    stopped = http.post("/system/services/dep-zero/stop").json()
+    assert stopped["state"] == "stopped"  # a stop is not a scale to zero: calls get 503

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import signal
 import socket
 import textwrap
@@ -342,6 +343,59 @@ def test_copies_follow_the_load_up_to_max_scale_and_back_to_min_scale(
     assert max(decision["to"] for decision in decisions) == 3
     assert decisions[-1]["to"] == 1 and decisions[-1]["peak_in_flight"] <= 1  # one copy's worth
     assert http.get("/system/services/ex-scale/exposed/").status_code == 200
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """One sample of a /metrics scrape (None: no such series)."""
+    want = ",".join(sorted(f'{key}="{value}"' for key, value in labels.items()))
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == want:
+            return float(match.group(2))
+    return None
+
+
+def exposed_metrics(http: httpx.Client, name: str) -> dict[str, float | None]:
+    """The exposed service's series in one scrape of /metrics."""
+    text = http.get("/metrics").text
+    return {
+        "ready": sample(text, "sluice_exposed_copies", service=name, state="ready"),
+        "starting": sample(text, "sluice_exposed_copies", service=name, state="starting"),
+        "in_flight": sample(text, "sluice_exposed_requests_in_flight", service=name),
+        "waiting": sample(text, "sluice_exposed_requests_waiting", service=name),
+        "ups": sample(text, "sluice_exposed_scale_decisions_total", service=name, direction="up"),
+        "downs": sample(text, "sluice_exposed_scale_decisions_total", service=name, direction="down"),
+        "restarts": sample(text, "sluice_exposed_copy_restarts_total", service=name),
+    }
+
+
+def test_metrics_show_copies_requests_in_progress_and_scaling(
+    http: httpx.Client, app: Path, tmp_path: Path
+) -> None:
+    expose = {"min_scale": 1, "max_scale": 2, "target_in_flight": 1, "idle_timeout": 1}
+    create(http, app, "ex-metrics", {**expose, "rewrite_target": True})
+    eventually(lambda: healthy(http, "ex-metrics", 1))
+    one_idle_copy = {"ready": 1, "starting": 0, "in_flight": 0, "waiting": 0, "restarts": 0}
+    assert exposed_metrics(http, "ex-metrics") == {**one_idle_copy, "ups": 0, "downs": 0}
+    go = tmp_path / "go"
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(hold, http, "ex-metrics", go) for _ in range(2)]
+        # Two requests held in the app at one per copy: both counted, a second copy up and ready.
+        busy = eventually(
+            lambda: (
+                (now := exposed_metrics(http, "ex-metrics"))["in_flight"] == 2 and now["ready"] == 2 and now
+            )
+        )
+        assert (busy["waiting"], busy["ups"], busy["downs"]) == (0, 1, 0)
+        assert copies(http, "ex-metrics")["in_flight"] == 2  # the service's own status counts the same
+        go.touch()
+        assert all(future.result(timeout=60)["released"] for future in held)
+    # Idle for idle_timeout: back to one copy, one decision down, nothing in progress.
+    after = eventually(lambda: (now := exposed_metrics(http, "ex-metrics"))["downs"] and now)
+    assert after == {**one_idle_copy, "ups": 1, "downs": 1}
+    # A deleted service's series go with it.
+    assert http.delete("/system/services/ex-metrics").status_code == 204
+    eventually(lambda: exposed_metrics(http, "ex-metrics")["ready"] is None)
 
 
 def test_a_request_goes_to_the_copy_with_the_fewest_in_progress(

@@ -1,4 +1,5 @@
-"""OSCAR's deployment routes, answered for what Sluice keeps running: a handler service's replicas.
+"""OSCAR's deployment routes, answered for what Sluice keeps running: a handler service's replicas,
+an exposed service's copies.
 
     GET  /system/services/{svc}/auth             200 if the credentials may invoke the service
     GET  /system/services/{svc}/deployment       what runs: replicas ready/starting, or "on demand"
@@ -23,6 +24,7 @@ from sluice.api.services import managed_service
 from sluice.db.services import ServiceRecord
 from sluice.engine.access import Caller
 from sluice.errors import InvalidInput
+from sluice.replicas.exposed import ExposedService, ExposeScaling
 
 router = APIRouter(tags=["deployment"])
 MAX_LOG_LINES = 5000
@@ -103,12 +105,19 @@ def _status(request: Request, record: ServiceRecord) -> dict[str, Any]:
     common = {"service_name": name, "namespace": "", "last_transition_time": _now()}
     replicas = request.app.state.platform.replicas
     if record.spec.expose is not None and not record.spec.handler:
-        exposed = replicas.exposed_status(name) or {"copies": 0, "healthy": 0, "last_error": None}
-        state = "ready" if exposed["healthy"] else "starting"
-        state = "stopped" if replicas.is_stopped(name) else state
+        scaling = ExposeScaling.of(record.spec.expose)
+        exposed = replicas.exposed_status(name) or ExposedService.idle_status(scaling)
+        if replicas.is_stopped(name):
+            state, reason = "stopped", f"stopped on request: POST /system/services/{name}/start"
+        elif exposed["healthy"]:
+            state, reason = "ready", ""
+        elif exposed["copies"] or exposed["scaling"]["min_scale"]:
+            state, reason = "starting", ""
+        else:  # min_scale 0 and idle: not stopped, nothing to wait for but the next request
+            state, reason = "scaled-to-zero", "the next request starts a copy"
         return {**common, "resource_kind": "exposed", "state": state, "active_instances": exposed["healthy"],
                 "affected_instances": exposed["copies"] - exposed["healthy"],
-                "reason": exposed["last_error"] or ""}  # fmt: skip
+                "reason": exposed["last_error"] or reason}  # fmt: skip
     if not record.spec.handler:
         return {**common, "resource_kind": "jobs", "state": "on-demand", "active_instances": 0,
                 "affected_instances": 0, "reason": "a script service runs one process per job"}  # fmt: skip

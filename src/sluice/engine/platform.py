@@ -85,6 +85,7 @@ class Platform:
             containers=executor if hasattr(executor, "replica_commands") else None,
         )
         self.metrics.watch_replicas(self.replicas.all_status)
+        self.metrics.watch_exposed(self.replicas.all_exposed_status)
         self.dispatcher = Dispatcher(
             db=db,
             catalog=self.catalog,

@@ -142,6 +142,10 @@ class ReplicaManager:
         held = self._exposed.get(name)
         return held[1].status() if held else None
 
+    def all_exposed_status(self) -> dict[str, dict[str, Any]]:
+        """Every exposed service that has a runner here (scaled to zero included, stopped not)."""
+        return {name: runner.status() for name, (_, runner) in self._exposed.items()}
+
     def _ensure_exposed(self, record: ServiceRecord) -> None:
         spec = record.spec
         assert spec.expose is not None
