@@ -220,6 +220,12 @@ def test_requests_reach_the_apps_copies_with_auth(
     assert httpx.get(url, headers={"Authorization": "Bearer " + "0" * 64}).status_code == 401
     assert httpx.get(url, auth=ADMIN).headers["x-app"] == "echo"
 
+    shown = server.cli("replicas", "ex-echo")  # the CLI shows the copies
+    assert shown.returncode == 0, shown.stderr
+    assert "2 healthy, 0 starting" in shown.stdout and "scale 2..3" in shown.stdout
+    ports = {copy["port"] for copy in http.get("/v1/services/ex-echo/exposed").json()["replicas"]}
+    assert all(str(port) in shown.stdout for port in ports)
+
 
 def test_without_rewrite_the_app_sees_the_whole_path(http: httpx.Client, app: Path) -> None:
     create(http, app, "ex-whole", {"min_scale": 1, "max_scale": 1})

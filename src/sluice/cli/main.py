@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -390,8 +390,12 @@ def jobs(
 
 @app.command()
 def replicas(ctx: typer.Context, service: str) -> None:
-    """Show a handler service's warm replicas: state, calls in flight and waiting, cold starts."""
+    """Show a handler service's warm replicas (state, calls in flight and waiting, cold starts) or
+    an exposed service's copies (health, requests in progress, scaling)."""
     with _session(ctx) as client:
+        if client.service(service).get("expose") is not None:
+            _print_exposed(service, client.exposed(service))
+            return
         status = client.replicas(service)
     table = Table("replica", "pid", "state", "in flight", "idle (s)")
     for replica in status["replicas"]:
@@ -413,6 +417,29 @@ def replicas(ctx: typer.Context, service: str) -> None:
     console.print(
         f"{status['calls']} calls, {status['failures']} failed, {status['cold_starts']} cold starts"
         + (f" (last {cold * 1000:.0f} ms)" if cold is not None else "")
+    )
+    if status["last_error"]:
+        console.print(f"last error: {status['last_error']}")
+
+
+def _print_exposed(service: str, status: dict[str, Any]) -> None:
+    table = Table("copy", "port", "state", "in flight", "requests")
+    for number, copy in enumerate(status["replicas"], start=1):
+        table.add_row(
+            str(number), str(copy["port"]), copy["state"], str(copy["in_flight"]), str(copy["requests"])
+        )
+    console.print(table)
+    if status["stopped"]:
+        console.print(f"stopped: start it with POST /system/services/{service}/start")
+        return
+    scaling = status["scaling"]
+    console.print(
+        f"{status['healthy']} healthy, {status['starting']} starting, {status['in_flight']} requests in "
+        f"progress, {status['waiting']} waiting; scale {scaling['min_scale']}..{scaling['max_scale']}, "
+        f"{scaling['target_in_flight']} requests per copy, idle timeout {scaling['idle_timeout']:g} s"
+    )
+    console.print(
+        f"{status['scale_ups']} scale-ups, {status['scale_downs']} scale-downs, {status['restarts']} restarts"
     )
     if status["last_error"]:
         console.print(f"last error: {status['last_error']}")

@@ -142,6 +142,10 @@ class AsyncClient:
         """A handler service's replicas: state, load, queue, cold starts, last error."""
         return Record((await self._request("GET", f"/v1/services/{name}/replicas")).json())
 
+    async def exposed(self, name: str) -> Record:
+        """An exposed service's copies: healthy, requests in progress, scaling decisions."""
+        return Record((await self._request("GET", f"/v1/services/{name}/exposed")).json())
+
     async def delete_service(self, name: str, purge: bool = False) -> None:
         await self._request("DELETE", f"/system/services/{name}", params={"purge": "true"} if purge else None)
 
