@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +28,7 @@ from sluice.errors import ExecutorError
 from sluice.executors.base import Capabilities, Completed, Invocation
 from sluice.executors.process import LOG_FILE, read_capped
 from sluice.executors.registry import MissingCredentials, auth_file_for
-from sluice.executors.warm import ENGINE_FAILED, SHELL_LOOP, ContainerGone, WarmContainers
+from sluice.executors.warm import ENGINE_FAILED, ENV_NAME, SHELL_LOOP, ContainerGone, WarmContainers
 from sluice.replicas.process import ContainerCommands
 
 log = logging.getLogger("sluice.containers")
@@ -40,7 +39,6 @@ SERVICE_LABEL = "io.sluice.service"
 PULL_POLICIES = {"always": "always", "if-not-present": "missing", "never": "never"}
 CDI_FOLDERS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 ENGINE_TIMEOUT = 60.0  # for housekeeping commands (version, ps, rm)
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REPLICA_RUNTIME = Path("/opt/sluice-runtime")  # where a replica container finds Sluice's package
 # The variables podman and docker read for their own configuration.
 ENGINE_VARIABLES = (
