@@ -21,6 +21,8 @@ from pathlib import Path
 IMAGE = "localhost/sluice-test:busybox2"  # a new tag when APPLETS change: images are built once
 # Busybox and Debian's own Python (python3-minimal): for handler services' replicas in containers.
 PYTHON_IMAGE = "localhost/sluice-test:python"
+# The busybox image with an ENTRYPOINT of its own, which a job's command must replace.
+ENTRYPOINT_IMAGE = "localhost/sluice-test:entrypoint"
 SYSTEM_PYTHON = Path("/usr/bin/python3.11")
 SKIPPED_STDLIB = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "dist-packages", "site-packages",
                   "__pycache__", "turtledemo", "pydoc_data"}  # fmt: skip
@@ -133,6 +135,14 @@ class Podman:
                 tar.add(rootfs, arcname=".")
             self.run("import", str(archive), PYTHON_IMAGE, check=True)
         return PYTHON_IMAGE
+
+    def ensure_entrypoint_image(self) -> str:
+        if self.run("image", "exists", ENTRYPOINT_IMAGE).returncode != 0:
+            with tempfile.TemporaryDirectory() as work:
+                containerfile = Path(work) / "Containerfile"
+                containerfile.write_text(f'FROM {IMAGE}\nENTRYPOINT ["/bin/echo", "the entrypoint ran"]\n')
+                self.run("build", "-q", "-t", ENTRYPOINT_IMAGE, "-f", str(containerfile), work, check=True)
+        return ENTRYPOINT_IMAGE
 
     def containers(self, label: str) -> list[str]:
         """Ids of the containers (running or stopped) that carry `label` (a key or key=value)."""

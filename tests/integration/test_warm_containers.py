@@ -303,3 +303,20 @@ def test_a_job_cannot_smuggle_commands_or_answers_to_the_loop(tmp_path: Path, ru
     assert after.exit_code == 0 and after.output.strip() == "clean"
     assert started == 2  # the tampered container was dropped, a fresh one served the next job
     assert not (folder / "output" / "pwned").exists()
+
+
+@pytest.mark.parametrize("warm_limit", [4, 0])
+def test_the_script_replaces_the_images_entrypoint(
+    tmp_path: Path, run_with: Runner, podman: Podman, warm_limit: int
+) -> None:
+    image = podman.ensure_entrypoint_image()
+    folder = workspace(tmp_path, "ws")
+
+    async def scenario(ex: ContainerExecutor) -> Completed:
+        call = invocation(folder, 'echo "the script ran" > "$TMP_OUTPUT_DIR/ran"\n')
+        return await ex.run(dataclasses.replace(call, image=image))
+
+    done = run_with(scenario, warm_limit=warm_limit)
+    assert done.exit_code == 0, done.output
+    assert output(folder, "ran") == "the script ran\n"
+    assert "the entrypoint ran" not in done.output

@@ -382,7 +382,8 @@ class ContainerExecutor:
         argv += self._limits(invocation)
         if auth_file is not None and self.flavour == "podman":
             argv += ["--authfile", str(auth_file)]
-        return [*argv, invocation.image, *invocation.argv]
+        # The command replaces the image's entrypoint, as a Kubernetes `command` does in OSCAR.
+        return [*argv, "--entrypoint", invocation.argv[0], invocation.image, *invocation.argv[1:]]
 
     def _limits(self, invocation: Invocation) -> list[str]:
         """Read-only mounts, memory, network and GPU options of an invocation's container."""
