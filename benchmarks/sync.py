@@ -356,14 +356,9 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
             port = free_port()
             bare = start_app(BARE_APP, work, kind, port, f"bare-{kind}")
             try:
-                wait_http(f"http://127.0.0.1:{port}/", body, bare, "the bare app")
-                for concurrency in args.concurrency:
-                    results[("bare", kind, concurrency)] = run(
-                        load(f"http://127.0.0.1:{port}/", body, {}, args.requests, concurrency)
-                    )
-                before = cpu_seconds([bare.pid])
-                run(load(f"http://127.0.0.1:{port}/", body, {}, args.requests, 8))
-                cpu_per_call[("bare", kind)] = (cpu_seconds([bare.pid]) - before) / args.requests
+                floor = f"http://127.0.0.1:{port}/"
+                wait_http(floor, body, bare, "the bare app")
+                measure_rows(args, results, cpu_per_call, ("bare", kind), floor, body, {}, [bare.pid])
             finally:
                 stop_app(bare)
             # 2. sluice, one warm replica
@@ -371,14 +366,7 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
             token = sluice.create(handler_spec(name, kind, work))
             url = f"{sluice.server.endpoint}/run/{name}"
             headers = {"Authorization": f"Bearer {token}"}
-            for concurrency in args.concurrency:
-                results[("sluice", kind, concurrency)] = run(
-                    load(url, body, headers, args.requests, concurrency)
-                )
-            pids = sluice.pids(name)
-            before = cpu_seconds(pids)
-            run(load(url, body, headers, args.requests, 8))
-            cpu_per_call[("sluice", kind)] = (cpu_seconds(pids) - before) / args.requests
+            measure_rows(args, results, cpu_per_call, ("sluice", kind), url, body, headers, sluice.pids(name))
             # 3. ray serve
             if args.ray:
                 port = free_port()
@@ -518,6 +506,25 @@ def check_batch_answers(urls: dict[str, str], headers: dict[str, dict[str, str]]
             file=sys.stderr,
             flush=True,
         )
+
+
+def measure_rows(
+    args: argparse.Namespace,
+    results: dict[tuple[str, str, int], dict[str, float]],
+    cpu_per_call: dict[tuple[str, str], float],
+    row: tuple[str, str],
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    pids: list[int],
+) -> None:
+    """One system's row at each concurrency, then its CPU per call (8 in flight) from `pids`."""
+    system, kind = row
+    for concurrency in args.concurrency:
+        results[(system, kind, concurrency)] = run(load(url, body, headers, args.requests, concurrency))
+    before = cpu_seconds(pids)
+    run(load(url, body, headers, args.requests, 8))
+    cpu_per_call[row] = (cpu_seconds(pids) - before) / args.requests
 
 
 def scale_from_zero(sluice: Sluice, work: Path) -> dict[str, float]:
