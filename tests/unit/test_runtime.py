@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from sluice.engine.retry import RetryStrategy
+from sluice.executors.base import LOG_FILE
 from sluice.executors.process import INHERITED_ENV, ProcessExecutor
 from sluice.runtime.invocation import InvocationInput, InvocationResult, decode_payload, invoke
-from sluice.runtime.workspace import Workspace, WorkspacePool
+from sluice.runtime.workspace import SPARE_INPUT, Workspace, WorkspacePool
 from sluice.spec.fdl import parse_service
 from sluice.spec.service import ServiceSpec
 from sluice.storage.local import LocalStorage
@@ -43,11 +44,15 @@ def service(script: str, **fields: Any) -> ServiceSpec:
 
 
 def leftovers(workspace: Workspace) -> list[str]:
-    """What a finished job left in its workspace (the empty input/output folders are kept)."""
+    """What a finished job left in its workspace: the empty input/output folders, the log and the
+    spare input file are kept on purpose (plain files, rewritten by the next job)."""
+    kept = {workspace.root / LOG_FILE, workspace.root / SPARE_INPUT}
+    for path in kept:
+        assert not path.exists() or (path.is_file() and not path.is_symlink()), path
     return sorted(
         str(p.relative_to(workspace.root))
         for p in workspace.root.rglob("*")
-        if p not in (workspace.input_dir, workspace.output_dir)
+        if p not in (workspace.input_dir, workspace.output_dir, *kept)
     )
 
 
@@ -511,3 +516,95 @@ def test_the_script_runs_from_its_workspace_with_no_arguments(rt: Runtime, memor
     count, first, cwd = rt.read("outbox", "results/args.txt").decode().split()
     assert (count, first) == ("0", "[]")
     assert Path(cwd).is_relative_to(rt.work_root)
+
+
+# --- files kept between jobs ---------------------------------------------------------------------
+# A workspace keeps its log and its last input file and rewrites them for the next job (a new file
+# per job cost more than the rest of the job's platform work). Nothing of one job may show
+# through to the next, and what a script leaves under those names is never written through.
+
+
+def two_jobs(
+    rt: Runtime, first: tuple[str, InvocationInput], second: tuple[str, InvocationInput], **env: str
+):  # type: ignore[no-untyped-def]
+    async def scenario() -> list[tuple[InvocationResult, Workspace]]:
+        pool = WorkspacePool(rt.work_root)
+        results = []
+        for script, trigger in (first, second):
+            spec = service(script, environment={"variables": env}) if env else service(script)
+            results.append(await rt.invoke_in(pool, spec, trigger))
+        return results
+
+    (one, ws1), (two, ws2) = asyncio.run(scenario())
+    assert ws1.root == ws2.root  # the second job reused the first one's workspace
+    return one, two
+
+
+def test_a_kept_input_file_shows_nothing_of_the_last_job(rt: Runtime) -> None:
+    rt.upload("inbox", "data/long.txt", b"the first job's input, longer than the next one\n" * 100)
+    rt.upload("inbox", "data/short.txt", b"short\n")
+    copy = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\nls -A "$TMP_INPUT_DIR"\n'
+    one, two = two_jobs(
+        rt,
+        (copy, InvocationInput(job_id="job-1", bucket="inbox", key="data/long.txt")),
+        (copy, InvocationInput(job_id="job-2", bucket="inbox", key="data/short.txt")),
+    )
+    assert one.succeeded and two.succeeded
+    assert rt.read("outbox", "results/short.txt") == b"short\n"
+    assert two.completed.output == "short.txt\n"  # its own input only, and only its own log
+
+
+def test_a_posted_payload_is_written_whole_into_a_kept_file(rt: Runtime) -> None:
+    copy = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/in.json"\n'
+    _, two = two_jobs(
+        rt,
+        (copy, InvocationInput(job_id="job-1", payload=json.dumps({"pad": "x" * 5000}).encode())),
+        (copy, InvocationInput(job_id="job-2", payload=b'{"n": 2}')),
+    )
+    assert two.succeeded
+    assert rt.read("outbox", "results/in.json") == b'{"n": 2}'
+
+
+def test_a_link_left_as_the_log_is_never_written_through(rt: Runtime) -> None:
+    victim = rt.scratch / "victim.txt"
+    victim.write_text("precious")
+    plant = 'rm -f output.log\nln -s "$VICTIM" output.log\n'
+    one, two = two_jobs(
+        rt,
+        (plant, InvocationInput(job_id="job-1", payload=b"{}")),
+        ("echo second job", InvocationInput(job_id="job-2", payload=b"{}")),
+        VICTIM=str(victim),
+    )
+    assert one.succeeded and two.succeeded
+    assert victim.read_text() == "precious"
+    assert "precious" not in one.completed.output  # the log is never read through the link either
+    assert two.completed.output == "second job\n"
+
+
+def test_a_hard_link_left_as_the_log_or_the_input_is_never_rewritten(rt: Runtime) -> None:
+    victim = rt.scratch / "victim.txt"
+    victim.write_text("precious")
+    rt.upload("inbox", "data/a.txt", b"input\n")
+    plant = 'rm -f output.log\nln "$VICTIM" output.log\nln -f "$VICTIM" "$INPUT_FILE_PATH"\n'
+    one, two = two_jobs(
+        rt,
+        (plant, InvocationInput(job_id="job-1", bucket="inbox", key="data/a.txt")),
+        (
+            'echo log; cat "$INPUT_FILE_PATH"',
+            InvocationInput(job_id="job-2", bucket="inbox", key="data/a.txt"),
+        ),
+        VICTIM=str(victim),
+    )
+    assert one.succeeded and two.succeeded
+    assert victim.read_text() == "precious"
+    assert two.completed.output == "log\ninput\n"
+
+
+def test_a_fifo_left_as_the_log_does_not_block_the_next_job(rt: Runtime) -> None:
+    one, two = two_jobs(
+        rt,
+        ("rm -f output.log\nmkfifo output.log\n", InvocationInput(job_id="job-1", payload=b"{}")),
+        ("echo unblocked", InvocationInput(job_id="job-2", payload=b"{}")),
+    )
+    assert one.succeeded and two.succeeded
+    assert two.completed.output == "unblocked\n"

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+# Every invocation's stdout and stderr, in its working directory; the workspace keeps the file
+# from one job to the next (see sluice.storage.files).
+LOG_FILE = "output.log"
+
 
 @dataclass(frozen=True)
 class Invocation:

@@ -25,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sluice.errors import ExecutorError
-from sluice.executors.base import Capabilities, Completed, Invocation
-from sluice.executors.process import LOG_FILE, read_capped
+from sluice.executors.base import LOG_FILE, Capabilities, Completed, Invocation
+from sluice.executors.process import read_capped
 from sluice.executors.registry import MissingCredentials, auth_file_for
 from sluice.executors.warm import ENGINE_FAILED, ENV_NAME, SHELL_LOOP, ContainerGone, WarmContainers
 from sluice.replicas.process import ContainerCommands
+from sluice.storage.files import open_for_rewrite
 
 log = logging.getLogger("sluice.containers")
 
@@ -467,7 +468,9 @@ def _run_and_wait(
     env: dict[str, str] | None,
 ) -> tuple[int, bool]:
     """Run the engine's client in a worker thread; True if the timeout came first (still running)."""
-    with log_path.open("wb") as log_file:
+    log_fd = open_for_rewrite(log_path)
+    os.ftruncate(log_fd, 0)
+    with open(log_fd, "wb") as log_file:
         # In the job's folder: conmon drops files (an `oom` marker) in its working directory.
         process = subprocess.Popen(
             argv,

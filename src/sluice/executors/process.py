@@ -25,10 +25,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from stat import S_ISREG
 
-from sluice.executors.base import Capabilities, Completed, Invocation
-
-LOG_FILE = "output.log"
+from sluice.executors.base import LOG_FILE, Capabilities, Completed, Invocation
+from sluice.storage.files import open_for_rewrite
 
 
 def _pidfds_work() -> bool:
@@ -146,7 +146,8 @@ async def _spawn_in_loop(script: str, invocation: Invocation, log_path: Path) ->
 
     In its own session, so a kill reaches whatever the script started.
     """
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    log_fd = open_for_rewrite(log_path)
+    os.ftruncate(log_fd, 0)
     try:
         pid = os.posix_spawn(
             "/bin/sh",
@@ -210,7 +211,9 @@ def _spawn_and_wait(
     """Start the process and wait for it, in one worker thread (one hop from the event loop)."""
     if argv[0] == "/bin/sh" and len(argv) == 2:
         argv = _shell_argv(argv[1], invocation)
-    with log_path.open("wb") as log:
+    log_fd = open_for_rewrite(log_path)
+    os.ftruncate(log_fd, 0)
+    with open(log_fd, "wb") as log:
         process = subprocess.Popen(
             argv,
             cwd=invocation.workdir,
@@ -239,11 +242,15 @@ def _kill_group(pid: int) -> None:
 
 def read_capped(path: Path, limit: int) -> str:
     """The log's head and tail within `limit` bytes, saying how much was left out between."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    try:  # never through a link: a contained script could point it at a host file
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # none, or not a file the job's output could be in
         return ""
-    with path.open("rb") as handle:
+    with open(fd, "rb") as handle:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            return ""
+        size = stat.st_size
         if size <= limit:
             return handle.read().decode(errors="replace")
         half = limit // 2

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sluice.executors.base import Completed, Invocation
-from sluice.executors.process import LOG_FILE, read_capped
+from sluice.executors.base import LOG_FILE, Completed, Invocation
+from sluice.executors.process import read_capped
 from sluice.replicas.process import ContainerCommands
 
 JOB_FILE = ".sluice-job.sh"

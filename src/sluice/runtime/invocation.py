@@ -28,6 +28,7 @@ from sluice.executors.base import Completed, Executor, Invocation
 from sluice.runtime.workspace import Workspace
 from sluice.spec.service import ServiceSpec
 from sluice.storage.base import join_key
+from sluice.storage.files import rewrite
 from sluice.storage.registry import StorageRouter, split_path
 
 # `name=value&name=value`, printable ASCII: a dict that `requests` form-encoded.
@@ -79,7 +80,7 @@ async def invoke(
     and uploading outputs overlap with other jobs' scripts. `capture_outputs` also returns the
     output files' contents (a synchronous call answers with them).
     """
-    input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
+    input_path = await _stage_input(trigger, spec, storage, workspace)
     env = _environment(trigger, spec, token, input_path, workspace.input_dir, workspace.output_dir)
     invocation = script_invocation(spec, script, workspace, env, default_timeout, log_limit)
     async with gate or contextlib.nullcontext():
@@ -133,7 +134,7 @@ async def invoke_handler(
     """A job of a handler service: the input goes to a warm replica instead of a script, and the
     answer becomes one output, named after the input with the answer's extension
     (`digit-7.csv` answered with JSON -> `digit-7.json`). Failures raise (SluiceError)."""
-    input_path = await _stage_input(trigger, spec, storage, workspace.input_dir)
+    input_path = await _stage_input(trigger, spec, storage, workspace)
     data = input_path.read_bytes()
     if trigger.key:
         content_type = mimetypes.guess_type(input_path.name)[0] or "application/octet-stream"
@@ -161,16 +162,17 @@ def _is_json(data: bytes) -> bool:
 
 
 async def _stage_input(
-    trigger: InvocationInput, spec: ServiceSpec, storage: StorageRouter, input_dir: Path
+    trigger: InvocationInput, spec: ServiceSpec, storage: StorageRouter, workspace: Workspace
 ) -> Path:
     if trigger.bucket and trigger.key:
-        dest = input_dir / PurePosixPath(trigger.key).name
+        dest = workspace.input_path(PurePosixPath(trigger.key).name)
         provider = _input_provider(trigger.bucket, spec, storage)
         await provider.get(trigger.bucket, trigger.key, dest)
         return dest
-    dest = input_dir / trigger.job_id  # unique, so outputs named after the input do not collide
+    # Named after the job: unique, so outputs named after the input do not collide.
+    dest = workspace.input_path(trigger.job_id)
     payload = trigger.payload or b""
-    dest.write_bytes(payload if trigger.raw_payload else decode_payload(payload))
+    rewrite(dest, payload if trigger.raw_payload else decode_payload(payload))
     return dest
 
 

@@ -2,7 +2,8 @@
 
 Creating and removing folders costs far more than the platform's own work per job on some disks
 (0.4 ms per mkdir was measured on these machines), so each execution slot keeps one workspace
-and only the files a job leaves are removed. Scripts are written once per content, not per job.
+and only the files a job leaves are removed. Its log and its input file are kept too and
+rewritten by the next job (sluice.storage.files says why). Scripts are written once per content.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from sluice.executors.base import LOG_FILE
+from sluice.storage.files import is_plain_file
+
+SPARE_INPUT = ".input"  # the last job's input file, between jobs
+
 
 class Workspace:
     def __init__(self, root: Path) -> None:
@@ -26,10 +32,25 @@ class Workspace:
         # Plain strings for the per-job clean-up: pathlib's overhead showed in profiles.
         self._folders = (str(self.input_dir), str(self.output_dir))
         self._root = str(root)
+        # Kept from one job to the next and rewritten in place: a new file per job cost more
+        # than the rest of the job's platform work (see sluice.storage.files).
+        self._spare = os.path.join(self._root, SPARE_INPUT)
+        self._kept = (os.path.join(self._root, LOG_FILE), self._spare)
+        self._has_spare = False
         self.affinity: str | None = None  # the service it last served (its warm container mounts it)
 
+    def input_path(self, name: str) -> Path:
+        """Where an input named `name` is staged: the last job's input file, renamed, when one
+        was kept (write it with sluice.storage.files, which reuses the file)."""
+        path = self.input_dir / name
+        if self._has_spare:
+            self._has_spare = False
+            with contextlib.suppress(OSError):
+                os.rename(self._spare, path)
+        return path
+
     def clear(self) -> None:
-        """Remove what the last job left; keep the folders themselves.
+        """Remove what the last job left; keep the folders, the log and one input file.
 
         Raises OSError if a script replaced a scratch folder (say, by a symlink elsewhere): the
         pool then discards this workspace instead of emptying whatever the link points to.
@@ -40,12 +61,28 @@ class Workspace:
         for folder in (*self._folders, self._root):
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    if entry.path in self._folders:
+                    if entry.path in self._folders or self._keep(entry):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path, ignore_errors=True)
                     else:
                         os.unlink(entry.path)
+
+    def _keep(self, entry: os.DirEntry[str]) -> bool:
+        """Whether `entry` stays for the next job: the log and the spare input if they are plain
+        files, and the first plain file of the input folder, which becomes the spare."""
+        if entry.path in self._kept:
+            kept = is_plain_file(entry.stat(follow_symlinks=False))
+            if entry.path == self._spare and not kept:
+                self._has_spare = False
+            return kept
+        if self._has_spare or not entry.path.startswith(self._folders[0] + os.sep):
+            return False
+        if not entry.is_file(follow_symlinks=False) or not is_plain_file(entry.stat(follow_symlinks=False)):
+            return False
+        os.rename(entry.path, self._spare)
+        self._has_spare = True
+        return True
 
 
 def end_orphans(root: Path) -> int:

@@ -22,6 +22,7 @@ from stat import S_ISREG
 
 from sluice.errors import BucketNotFound, Conflict, ObjectNotFound
 from sluice.storage.base import ObjectInfo, Operation, Page, validate_bucket, validate_key, validate_prefix
+from sluice.storage.files import copy_into
 
 TMP_DIR = ".tmp"
 INLINE_BYTES = 256 * 1024  # smaller files are copied on the event loop: a thread hop costs more
@@ -140,10 +141,11 @@ class LocalStorage:
             stat = os.stat(path)
             if not S_ISREG(stat.st_mode):
                 raise FileNotFoundError(path)
+            # Into `dest`'s own file if it has one: the workspace reuses its input files.
             if stat.st_size <= INLINE_BYTES:
-                shutil.copyfile(path, dest)
+                copy_into(path, dest)
             else:
-                await asyncio.to_thread(shutil.copyfile, path, dest)
+                await asyncio.to_thread(copy_into, path, dest)
         except FileNotFoundError:
             raise ObjectNotFound(bucket, key) from None
         return self._info(bucket, key, stat)
