@@ -42,7 +42,7 @@ class LocalStorage:
 
     def _existing_bucket(self, bucket: str) -> Path:
         path = self._bucket_dir(bucket)
-        if not path.is_dir():
+        if not os.path.isdir(path):
             raise BucketNotFound(bucket)
         return path
 
@@ -99,7 +99,7 @@ class LocalStorage:
     async def adopt(self, staging: Path, bucket: str, key: str) -> ObjectInfo:
         """Move a finished file (already on this filesystem) into place: no copy."""
         dest = self._object_path(bucket, key)
-        if staging.is_symlink():  # a link would point into a folder about to be cleared: copy
+        if os.path.islink(staging):  # a link would point into a folder about to be cleared: copy
             return await asyncio.to_thread(self._put_sync, staging, dest, bucket, key)
         return self._publish(staging, dest, bucket, key)  # a rename: cheaper than a thread hop
 
@@ -108,18 +108,25 @@ class LocalStorage:
         return self.root / TMP_DIR / uuid.uuid4().hex
 
     def _publish(self, staging: Path, dest: Path, bucket: str, key: str) -> ObjectInfo:
+        # The rename is tried first and its errors say what was in the way: checking beforehand
+        # cost more than the rename itself, on every object stored.
         try:
-            if not dest.parent.is_dir():  # a stat is far cheaper than mkdir on an existing folder
+            try:
+                self._replace(staging, dest)
+            except FileNotFoundError:  # a folder the bucket does not have yet
                 dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.is_dir():
-                raise Conflict(f"'{key}' is a folder in bucket '{bucket}'")
-            self._replace(staging, dest)
+                self._replace(staging, dest)
+        except IsADirectoryError:
+            staging.unlink(missing_ok=True)
+            raise Conflict(f"'{key}' is a folder in bucket '{bucket}'") from None
         except (FileExistsError, NotADirectoryError):
+            staging.unlink(missing_ok=True)
             message = f"cannot store '{key}' in bucket '{bucket}': a parent folder is an object"
             raise Conflict(message) from None
-        finally:
-            staging.unlink(missing_ok=True)  # gone after a successful move; removed after a failure
-        return self._info(bucket, key, dest.stat())
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        return self._info(bucket, key, os.stat(dest))
 
     def _replace(self, staging: Path, dest: Path) -> None:
         try:
