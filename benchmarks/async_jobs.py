@@ -1,9 +1,11 @@
 """Async jobs through Sluice beside the machine's limit, in one run.
 
-    .venv/bin/python benchmarks/async_jobs.py [--files 1000] [--events 20000]
+    .venv/bin/python benchmarks/async_jobs.py [--files 1000] [--events 20000] [--rounds 3]
 
 1. Baseline: the service's script run FILES times with plain `subprocess`, as many at once as
-   there are cores: what the machine can do with no platform at all.
+   there are cores: what the machine can do with no platform at all. Baseline and Sluice
+   alternate ROUNDS times and the medians are reported: on a shared VM the machine's own speed
+   drifts by a third within minutes, so one baseline measured once is a poor yardstick.
 2. Sluice: a real `sluice serve` (SQLite, local buckets, process executor); FILES small files are
    uploaded over HTTP (16 at a time); every upload is acknowledged only after its job is committed.
    Reports upload acceptance rate and jobs/s from the first upload to the last job's end. Then
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -44,6 +47,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def baseline(files: int, work: Path) -> float:
+    work.mkdir()
     script = work / "script.sh"
     script.write_text(SCRIPT)
     inputs = work / "base-in"
@@ -179,6 +183,44 @@ async def accept_events(endpoint: str, events: int, per_request: int = 100) -> f
         return events / (time.perf_counter() - started)
 
 
+@dataclass
+class Round:
+    baseline: float  # runs/s
+    rate: float  # jobs/s, first upload to last job done
+    drain: float  # jobs/s once the uploads had ended
+    uploads: float  # uploads/s durably accepted
+    backlog_wait_p50: float  # ms a job waited in the queue during the burst
+
+
+def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
+    """One burst of FILES uploads on a fresh server; the server is returned still running."""
+    server = ServerProcess(data_dir, extra_args=("--reconcile-interval", "0")).start()
+    try:
+        up_start, up_end = asyncio.run(upload_all(server.endpoint, files))
+        jobs = asyncio.run(wait_done(server.endpoint, files))
+    except BaseException:
+        server.stop()
+        raise
+    failed = [j for j in jobs if j["status"] != "succeeded"]
+    if failed:
+        server.stop()
+        raise SystemExit(f"{len(failed)} jobs did not succeed, e.g. {failed[0]}")
+    last_end = max(ts(j["finished_at"]) for j in jobs)
+    first_created = min(ts(j["created_at"]) for j in jobs)
+    # Once the uploads are over, the jobs have both cores (the load generator shares them).
+    after_uploads = sum(ts(j["finished_at"]) > up_end for j in jobs)
+    drain = after_uploads / (last_end - up_end) if last_end > up_end else float("nan")
+    backlog_wait = [(ts(j["started_at"]) - ts(j["created_at"])) * 1000 for j in jobs]
+    measured = Round(
+        baseline=float("nan"),
+        rate=len(jobs) / (last_end - first_created),
+        drain=drain,
+        uploads=files / (up_end - up_start),
+        backlog_wait_p50=percentile(backlog_wait, 50),
+    )
+    return measured, server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,31 +228,36 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--paced", type=int, default=200, help="uploads at 50/s for the latency figure")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline and Sluice alternate this many times")
     args = parser.parse_args()
+    rounds: list[Round] = []
+    # Nothing is deleted until the end: on some filesystems a burst of deletions slows every
+    # file created for minutes after, and would slow whichever side ran next.
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         work = Path(tmp)
-        base_rate = baseline(args.files, work)
-
-        server = ServerProcess(work / "data", extra_args=("--reconcile-interval", "0")).start()
-        try:
-            up_start, up_end = asyncio.run(upload_all(server.endpoint, args.files))
-            jobs = asyncio.run(wait_done(server.endpoint, args.files))
-            asyncio.run(paced_uploads(server.endpoint, args.paced, rate=50))
-            paced = [
-                j
-                for j in asyncio.run(wait_done(server.endpoint, args.files + args.paced))
-                if "/paced" in j["key"]
-            ]
-        finally:
-            server.stop()
-        ok = sum(j["status"] == "succeeded" for j in jobs)
-        last_end = max(ts(j["finished_at"]) for j in jobs)
-        first_created = min(ts(j["created_at"]) for j in jobs)
-        rate = len(jobs) / (last_end - first_created)
-        # Once the uploads are over, the jobs have both cores (the load generator shares them).
-        after_uploads = sum(ts(j["finished_at"]) > up_end for j in jobs)
-        drain_rate = after_uploads / (last_end - up_end) if last_end > up_end else float("nan")
-        backlog_wait = [(ts(j["started_at"]) - ts(j["created_at"])) * 1000 for j in jobs]
+        for index in range(args.rounds):
+            base_rate = baseline(args.files, work / f"base-{index}")
+            measured, server = sluice_round(work / f"data-{index}", args.files)
+            measured.baseline = base_rate
+            rounds.append(measured)
+            print(
+                f"round {index + 1}: baseline {base_rate:.0f} runs/s; sluice {measured.rate:.0f} jobs/s "
+                f"(ratio {measured.rate / base_rate:.2f}), drain {measured.drain:.0f} jobs/s "
+                f"(ratio {measured.drain / base_rate:.2f}), uploads {measured.uploads:.0f}/s",
+                flush=True,
+            )
+            if index < args.rounds - 1:
+                server.stop()
+                continue
+            try:  # the last round's server also measures latency with no backlog
+                asyncio.run(paced_uploads(server.endpoint, args.paced, rate=50))
+                paced = [
+                    j
+                    for j in asyncio.run(wait_done(server.endpoint, args.files + args.paced))
+                    if "/paced" in j["key"]
+                ]
+            finally:
+                server.stop()
         to_start = [(ts(j["started_at"]) - ts(j["created_at"])) * 1000 for j in paced]
 
         api_only = ServerProcess(
@@ -222,18 +269,23 @@ def main() -> None:
         finally:
             api_only.stop()
 
-    print(f"files: {args.files}, cores: {os.cpu_count()}, succeeded: {ok}")
-    print(f"baseline (plain subprocess, {os.cpu_count()} at once): {base_rate:8.0f} runs/s")
+    def median(field: str) -> float:
+        return statistics.median(getattr(r, field) for r in rounds)
+
+    ratio = statistics.median(r.rate / r.baseline for r in rounds)
+    drain_ratio = statistics.median(r.drain / r.baseline for r in rounds)
+    print(f"files: {args.files}, cores: {os.cpu_count()}, rounds: {args.rounds} (medians below)")
+    print(f"baseline (plain subprocess, {os.cpu_count()} at once): {median('baseline'):8.0f} runs/s")
     print(
-        f"sluice jobs (upload -> last job done):           {rate:8.0f} jobs/s  "
-        f"ratio {rate / base_rate:.2f} of baseline"
+        f"sluice jobs (upload -> last job done):           {median('rate'):8.0f} jobs/s  "
+        f"ratio {ratio:.2f} of baseline"
     )
     print(
-        f"sluice jobs once uploads ended (drain):          {drain_rate:8.0f} jobs/s  "
-        f"ratio {drain_rate / base_rate:.2f} of baseline"
+        f"sluice jobs once uploads ended (drain):          {median('drain'):8.0f} jobs/s  "
+        f"ratio {drain_ratio:.2f} of baseline"
     )
-    print(f"uploads durably accepted (16 concurrent PUTs):   {args.files / (up_end - up_start):8.0f} /s")
-    print(f"burst: wait in the queue p50 {percentile(backlog_wait, 50):.0f} ms (uploads outpace the jobs)")
+    print(f"uploads durably accepted (16 concurrent PUTs):   {median('uploads'):8.0f} /s")
+    print(f"burst: wait in the queue p50 {median('backlog_wait_p50'):.0f} ms (uploads outpace the jobs)")
     print(
         f"upload-to-start latency at 50 uploads/s: p50 {percentile(to_start, 50):.1f} ms, "
         f"p99 {percentile(to_start, 99):.1f} ms, mean {statistics.fmean(to_start):.1f} ms"

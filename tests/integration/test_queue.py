@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
@@ -649,3 +650,23 @@ def test_list_jobs_filters(db: Database) -> None:
         q.RUNNING: 2,
         q.QUEUED: 2,
     }
+
+
+def test_a_claim_on_sqlite_reads_only_the_jobs_it_takes(tmp_path: Path) -> None:
+    """With thousands queued, a claim must not read them all (the worker claims once per job):
+    SQLite's planner, left alone, scanned every queued job twice. (PostgreSQL plans from the
+    statistics it keeps.)"""
+    db = Database(f"sqlite:///{tmp_path / 'queue.db'}")
+    db.migrate()
+    enqueue(db, *(obj(f"k{i}") for i in range(200)))
+    with db.engine.connect() as connection:
+        plan = connection.exec_driver_sql(
+            "EXPLAIN QUERY PLAN " + str(q.CLAIM_SQLITE),
+            {"worker": "w", "limit": 2, "now": NOW, "lease_expires": NOW + LEASE},
+        ).all()
+    steps = [row[3] for row in plan]
+    assert any("ix_jobs_claim" in step for step in steps), steps
+    assert not any("TEMP B-TREE" in step for step in steps), steps  # no sort of every queued job
+    assert any("sqlite_autoindex_jobs_1 (id=?)" in step for step in steps), steps  # by key, not scan
+    assert [j.etag for j in claim(db, "w", limit=2)] == ["e1", "e1"]
+    db.close()

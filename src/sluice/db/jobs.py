@@ -90,10 +90,13 @@ _CLAIM_SET = (
     "SET status = 'running', worker = :worker, lease_expires = :lease_expires, started_at = :now, "
     "attempts = attempts + 1, error = NULL"
 )
+# SQLite's planner, with no statistics, scanned every queued job twice per claim (by the status
+# index, then a sort): 0.85 ms with 2,000 queued. The index is named and `+status` keeps the
+# outer lookup on the primary key: 28 us.
 CLAIM_SQLITE = text(
-    f"UPDATE jobs {_CLAIM_SET} WHERE status = 'queued' AND id IN "
-    "(SELECT id FROM jobs WHERE status = 'queued' AND run_after <= :now ORDER BY run_after LIMIT :limit) "
-    f"RETURNING {_RETURNING}"
+    f"UPDATE jobs {_CLAIM_SET} WHERE +status = 'queued' AND id IN "
+    "(SELECT id FROM jobs INDEXED BY ix_jobs_claim WHERE status = 'queued' AND run_after <= :now "
+    f"ORDER BY run_after LIMIT :limit) RETURNING {_RETURNING}"
 )
 # Materialized, or PostgreSQL may re-run the LIMITed subquery per row and take every queued job.
 CLAIM_POSTGRESQL = text(

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+from sqlalchemy import Connection
 
 from sluice.db import jobs as job_sql
 from sluice.db.database import Database
 from sluice.db.jobs import FAILED, SUCCEEDED, Job
 from sluice.engine.catalog import ServiceCatalog
-from sluice.engine.recorder import Recorder
+from sluice.engine.recorder import Operation, Recorder
 from sluice.engine.retry import RetryStrategy
 from sluice.errors import SluiceError
 from sluice.executors.base import Executor
@@ -69,6 +73,8 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(slots)
         self._capacity = slots * PREFETCH
         self._wakeup = asyncio.Event()
+        self._recording = 0  # jobs whose outcome waits in the recorder
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -87,7 +93,7 @@ class Dispatcher:
 
     async def start(self, workspaces: WorkspacePool) -> None:
         self.workspaces = workspaces
-        self.recorder = Recorder(self.db)
+        self.recorder = Recorder(self.db, top_up=self)
         # A single-node (SQLite) server owns every job: what was running when it stopped died with it.
         requeued = await self.db.call_relaxed(
             job_sql.requeue_expired, time.time(), everything_running=self.db.is_sqlite
@@ -102,6 +108,7 @@ class Dispatcher:
             ]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         running = list(self._running.values())
@@ -125,12 +132,31 @@ class Dispatcher:
                     )
                 except Exception:
                     log.exception("claiming jobs failed; retrying")
-                for job in claimed:
-                    self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+                self._start(claimed)
                 if claimed and len(claimed) == free:
                     continue  # there may be more queued: claim again as soon as a slot frees
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    def _start(self, claimed: list[Job]) -> None:
+        for job in claimed:
+            self._running[job.id] = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+
+    # The recorder's top-up: the jobs that replace finished ones are claimed in the transaction
+    # that records how those ended.
+
+    def operation(self) -> Callable[[Connection], list[Job]] | None:
+        # Jobs whose outcome is being recorded are about to leave `_running`.
+        free = self._capacity - len(self._running) + self._recording
+        if free <= 0 or self.slots == 0 or self._stopping:
+            return None
+        return functools.partial(
+            job_sql.claim, worker=self.worker_id, limit=free, now=time.time(), lease=self.lease
+        )
+
+    def accept(self, result: list[Job]) -> None:
+        if not self._stopping:  # else `stop` releases them, with every job this worker holds
+            self._start(result)
 
     async def _execute(self, job: Job) -> None:
         try:
@@ -201,7 +227,7 @@ class Dispatcher:
         self.metrics.jobs.labels(job.service, "succeeded" if result.succeeded else "failed").inc()
         if result.succeeded:
             now = time.time()
-            await self.recorder.record(
+            await self._record(
                 lambda c: job_sql.finish(
                     c, job.id, self.worker_id, SUCCEEDED, now, exit_code=0, log=done.output
                 )
@@ -218,11 +244,18 @@ class Dispatcher:
     async def _record_failure(self, job: Job, exit_code: int | None, output: str, error: str) -> None:
         now = time.time()
         retry_at = now + self.retry.delay(job.failures + 1)
-        await self.recorder.record(
+        await self._record(
             lambda c: job_sql.fail(
                 c, job.id, self.worker_id, now, retry_at, exit_code=exit_code, log=output, error=error
             )
         )
+
+    async def _record(self, operation: Operation) -> None:
+        self._recording += 1
+        try:
+            await self.recorder.record(operation)
+        finally:
+            self._recording -= 1
 
     async def _heartbeat(self) -> None:
         while True:

@@ -3,6 +3,9 @@
 A job's slot is freed as soon as its process ends; its result is queued here and committed with
 the others that finished meanwhile. If a batch fails, its operations are retried one by one so
 one bad row cannot lose the others' results.
+
+A `TopUp` adds one more operation to each batch: the dispatcher claims the jobs that replace the
+finished ones in the same transaction (one transaction per finished job instead of two).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
@@ -20,9 +23,18 @@ log = logging.getLogger("sluice.recorder")
 Operation = Callable[[Connection], Any]
 
 
+class TopUp(Protocol):
+    def operation(self) -> Operation | None:
+        """What to run after a batch's own operations, in its transaction (None: nothing)."""
+
+    def accept(self, result: Any) -> None:
+        """The operation's result, once its transaction committed."""
+
+
 class Recorder:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, top_up: TopUp | None = None) -> None:
         self._db = db
+        self._top_up = top_up
         self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -41,8 +53,14 @@ class Recorder:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            extra = self._top_up.operation() if self._top_up is not None else None
+            operations = [op for op, _ in batch]
             try:
-                results = await self._db.call_relaxed(_run_all, [op for op, _ in batch])
+                results = await self._db.call_relaxed(
+                    _run_all, operations if extra is None else [*operations, extra]
+                )
+                if extra is not None and self._top_up is not None:
+                    self._top_up.accept(results.pop())
             except Exception:
                 log.exception("recording %d results together failed; recording one by one", len(batch))
                 results = []
