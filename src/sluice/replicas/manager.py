@@ -85,9 +85,7 @@ class ReplicaManager:
             self._retire(held[1])
         self._built_from[name] = record.updated_at
         launch = self._launch(record, fingerprint)
-        pool = ReplicaPool(
-            record.spec.name, launch, self._scaling(record.spec), self.metrics, self._take_spare
-        )
+        pool = ReplicaPool(record.spec.name, launch, self._scaling(record.spec), self.metrics, self)
         self._keep_spare()
         self._pools[record.spec.name] = (fingerprint, pool)
         return pool
@@ -279,10 +277,17 @@ class ReplicaManager:
             await self._spare.discard()
         await asyncio.gather(*(pool.close() for pool in pools), *self._retired, return_exceptions=True)
 
-    def _take_spare(self) -> Spare | None:
+    # The pools' SpareSource.
+
+    def take(self) -> Spare | None:
         spare, self._spare = self._spare, None
+        if spare is not None and spare.alive:
+            return spare  # its successor starts once this cold start is over (`replace`)
+        self._keep_spare()  # none was ready: have one for the next cold start
+        return None
+
+    def replace(self) -> None:
         self._keep_spare()
-        return spare if spare is not None and spare.alive else None
 
     def _keep_spare(self) -> None:
         if self._spare is None and self._spawning is None and not self._closed:
