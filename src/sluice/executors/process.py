@@ -27,22 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from stat import S_ISREG
 
+from sluice.children import PIDFDS
 from sluice.executors.base import LOG_FILE, Capabilities, Completed, Invocation
 from sluice.storage.files import open_for_rewrite
 
-
-def _pidfds_work() -> bool:
-    """Whether this kernel (not only this Python) gives pidfds: Linux 5.3+, and no seccomp
-    profile refusing them (older container runtimes do)."""
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        return False
-    return hasattr(os, "posix_spawn")
-
-
 # Spawning from the event loop needs pidfds; elsewhere a worker thread waits for each script.
-SPAWN_IN_LOOP = _pidfds_work()
+SPAWN_IN_LOOP = PIDFDS and hasattr(os, "posix_spawn")
 # Only these variables of the server's own environment reach a script: never the server's secrets.
 INHERITED_ENV = (
     "PATH",

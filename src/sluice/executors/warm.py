@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sluice.children import DEVNULL, PIPE, Child, start_child
 from sluice.executors.base import LOG_FILE, Completed, Invocation
 from sluice.executors.process import read_capped
 from sluice.replicas.process import ContainerCommands
@@ -99,16 +100,16 @@ class WarmContainer:
         self.started_at = self.last_used = time.monotonic()
         self.uses = 0
         self._secret = secrets.token_hex(16)
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: Child | None = None
 
     async def start(self) -> None:
         with self.engine_log.open("wb") as engine_log:
-            self._process = await asyncio.create_subprocess_exec(
+            self._process = await start_child(
                 *self.commands.run,
                 env=self.commands.env,
                 cwd=self.folder,  # conmon drops files in its working directory
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdin=PIPE,
+                stdout=PIPE,
                 stderr=engine_log,
             )
         if self._process.stdin is not None:
@@ -163,11 +164,11 @@ class WarmContainer:
     async def remove(self) -> None:
         """Kill and remove the container, collect its engine client, delete temporary files."""
         with contextlib.suppress(OSError):
-            remover = await asyncio.create_subprocess_exec(
+            remover = await start_child(
                 *self.commands.remove,
                 env=self.commands.env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+                stdout=DEVNULL,
+                stderr=DEVNULL,
             )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REMOVE_TIMEOUT):

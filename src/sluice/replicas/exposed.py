@@ -44,6 +44,7 @@ from typing import Any
 
 import aiohttp
 
+from sluice.children import DEVNULL, STDOUT, Child, start_child
 from sluice.errors import Overloaded, SluiceError
 from sluice.replicas.process import ContainerCommands
 from sluice.spec.service import Expose
@@ -130,7 +131,7 @@ class _Copy:
         self.healthy = False
         self.in_flight = 0
         self.requests = 0
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Child | None = None
         self.commands: ContainerCommands | None = None  # when the copy is a container
         self.started_at = time.monotonic()
         self.failure = ""  # why it never became healthy
@@ -155,13 +156,13 @@ class _Copy:
             self.commands = self.launch.container(f"sluice-exposed-{uuid.uuid4().hex[:12]}", self.port)
             argv, env = self.commands.run, self.commands.env
         with self.launch.log.open("ab") as output:
-            process = self.process = await asyncio.create_subprocess_exec(
+            process = self.process = await start_child(
                 *argv,
                 env=env,
                 cwd=self.launch.cwd,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=DEVNULL,
                 stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + self.launch.start_timeout
@@ -205,9 +206,9 @@ class _Copy:
         commands, self.commands = self.commands, None
         if commands is not None:  # the container outlives its engine client: remove it
             with contextlib.suppress(OSError):
-                remover = await asyncio.create_subprocess_exec(
+                remover = await start_child(
                     *commands.remove, env=commands.env,
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    stdout=DEVNULL, stderr=DEVNULL,
                 )  # fmt: skip
                 await remover.wait()
             for path in commands.temporary:

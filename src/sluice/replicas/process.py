@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sluice.children import DEVNULL, PIPE, STDOUT, Child, start_child
 from sluice.replicas import wire
 
 STARTING, READY, STOPPING, DEAD = "starting", "ready", "stopping", "dead"
@@ -98,7 +99,7 @@ class ReplicaProcess:
         self._on_exit = on_exit
         self._pending: dict[int, asyncio.Future[Answer]] = {}
         self._call_ids = itertools.count(1)
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: Child | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._remove: ContainerCommands | None = None  # a container to remove when it ends
@@ -185,12 +186,12 @@ class ReplicaProcess:
             raise ReplicaGone(self.error) from None
         self._remove = commands
         with self.launch.log.open("ab") as log:
-            self._process = await asyncio.create_subprocess_exec(
+            self._process = await start_child(
                 *commands.run,
                 env=commands.env,
                 cwd=self.launch.cwd,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdin=PIPE,
+                stdout=PIPE,
                 stderr=log,
                 start_new_session=True,
             )
@@ -203,9 +204,9 @@ class ReplicaProcess:
         if commands is None:
             return
         with contextlib.suppress(OSError):
-            remover = await asyncio.create_subprocess_exec(
+            remover = await start_child(
                 *commands.remove, env=commands.env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                stdout=DEVNULL, stderr=DEVNULL,
             )  # fmt: skip
             await remover.wait()
 
@@ -279,13 +280,13 @@ class Spare:
     """A replica process started before any service needed it: its interpreter is up and its
     imports done, so a cold start only pays for the service's own imports and `init`."""
 
-    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
+    def __init__(self, process: Child, sock: socket.socket) -> None:
         self.process = process
         self.sock = sock
 
     @classmethod
     async def spawn(cls, env: dict[str, str], cwd: Path) -> Spare:
-        return cls(*await _spawn([], env, cwd, asyncio.subprocess.DEVNULL))
+        return cls(*await _spawn([], env, cwd, DEVNULL))
 
     @property
     def alive(self) -> bool:
@@ -301,12 +302,10 @@ class Spare:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-async def _spawn(
-    args: list[str], env: dict[str, str], cwd: Path, output: Any
-) -> tuple[asyncio.subprocess.Process, socket.socket]:
+async def _spawn(args: list[str], env: dict[str, str], cwd: Path, output: Any) -> tuple[Child, socket.socket]:
     ours, theirs = socket.socketpair()
     try:
-        process = await asyncio.create_subprocess_exec(
+        process = await start_child(
             sys.executable,
             "-m",
             "sluice.replicas.child",
@@ -316,9 +315,9 @@ async def _spawn(
             env=env,
             cwd=cwd,
             pass_fds=(theirs.fileno(),),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=DEVNULL,
             stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=STDOUT,
             start_new_session=True,  # a kill reaches whatever the handler started
         )
     except BaseException:
