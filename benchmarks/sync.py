@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -358,7 +360,16 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
             try:
                 floor = f"http://127.0.0.1:{port}/"
                 wait_http(floor, body, bare, "the bare app")
-                measure_rows(args, results, cpu_per_call, ("bare", kind), floor, body, {}, [bare.pid])
+                measure_rows(
+                    args,
+                    results,
+                    cpu_per_call,
+                    ("bare", kind),
+                    floor,
+                    body,
+                    {},
+                    functools.partial(list, [bare.pid]),
+                )
             finally:
                 stop_app(bare)
             # 2. sluice, one warm replica
@@ -366,7 +377,10 @@ def measure_all(args: argparse.Namespace, work: Path) -> None:
             token = sluice.create(handler_spec(name, kind, work))
             url = f"{sluice.server.endpoint}/run/{name}"
             headers = {"Authorization": f"Bearer {token}"}
-            measure_rows(args, results, cpu_per_call, ("sluice", kind), url, body, headers, sluice.pids(name))
+            row = ("sluice", kind)
+            measure_rows(
+                args, results, cpu_per_call, row, url, body, headers, functools.partial(sluice.pids, name)
+            )
             # 3. ray serve
             if args.ray:
                 port = free_port()
@@ -516,15 +530,17 @@ def measure_rows(
     url: str,
     body: bytes,
     headers: dict[str, str],
-    pids: list[int],
+    pids: Callable[[], list[int]],
 ) -> None:
-    """One system's row at each concurrency, then its CPU per call (8 in flight) from `pids`."""
+    """One system's row at each concurrency, then its CPU per call (8 in flight) from the
+    processes `pids()` names once those rows ran (a replica is running by then)."""
     system, kind = row
     for concurrency in args.concurrency:
         results[(system, kind, concurrency)] = run(load(url, body, headers, args.requests, concurrency))
-    before = cpu_seconds(pids)
+    processes = pids()
+    before = cpu_seconds(processes)
     run(load(url, body, headers, args.requests, 8))
-    cpu_per_call[row] = (cpu_seconds(pids) - before) / args.requests
+    cpu_per_call[row] = (cpu_seconds(processes) - before) / args.requests
 
 
 def scale_from_zero(sluice: Sluice, work: Path) -> dict[str, float]:
@@ -613,7 +629,8 @@ def report(
     print(
         f"scale from zero (median of 5 cold calls): echo {cold['echo']:.0f} ms, "
         f"digits {cold['digits']:.0f} ms; "
-        f"the digits model alone loads in {cold['model_load']:.0f} ms (median of 5; target: 50 ms plus the load)"
+        f"the digits model alone loads in {cold['model_load']:.0f} ms "
+        "(median of 5; target: 50 ms plus the load)"
     )
     print(
         f"  the replica's start (server side, init included): echo {cold['echo_replica_start']:.0f} ms, "
