@@ -10,9 +10,21 @@ from typing import NamedTuple
 
 import pytest
 
+from sluice.db.database import Database
 from sluice.errors import BucketNotFound
 from sluice.storage.s3 import S3Storage
 from tests.seaweed import SeaweedFS
+
+# --- a migrated database: SQLite and PostgreSQL (the `database_url` parameters) ------------------
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.close()
+
 
 # --- SeaweedFS / S3: one server for the whole session, a fresh bucket per test ---------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from sluice.db.jobs import CRASH_ALLOWANCE, Accepted, NewJob
 
 NOW = 1_700_000_000.0
 LEASE = 30.0
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def obj(key: str, etag: str = "e1", service: str = "svc", bucket: str = "in", retries: int = 0) -> NewJob:

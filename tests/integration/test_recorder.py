@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import Connection, text
 
 from sluice.db import jobs as q
@@ -15,14 +13,6 @@ from sluice.db.database import Database
 from sluice.engine.recorder import Operation, Recorder
 
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 class ClaimAfterEachBatch:
