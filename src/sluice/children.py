@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -82,8 +84,14 @@ class Child:
             with contextlib.suppress(OSError):  # out of descriptors, say: a thread waits instead
                 pidfd = os.pidfd_open(self._popen.pid)
         if pidfd < 0:
-            waiting = loop.run_in_executor(None, self._popen.wait)
-            waiting.add_done_callback(lambda done: self._settle(done.result()))
+            # A thread of its own for as long as the child lives: one of the loop's shared
+            # executor would be taken from everything else for that long.
+            def wait() -> None:
+                code = self._popen.wait()
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(self._settle, code)
+
+            threading.Thread(target=wait, name=f"wait-{self._popen.pid}", daemon=True).start()
             return
 
         def exited() -> None:
@@ -109,33 +117,57 @@ async def start_child(
     pass_fds: Sequence[int] = (),
     start_new_session: bool = False,
 ) -> Child:
-    """Start `argv` from a worker thread; raises OSError as `subprocess.Popen` does."""
+    """Start `argv` from a worker thread; raises OSError as `subprocess.Popen` does. A child
+    whose start is cancelled or fails half-way is killed, never left running."""
     loop = asyncio.get_running_loop()
-    popen = await loop.run_in_executor(
-        None,
-        lambda: subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=tuple(pass_fds),
-            start_new_session=start_new_session,
-        ),
-    )
+    popen_kwargs = {
+        "env": env,
+        "cwd": cwd,
+        "stdin": stdin,
+        "stdout": stdout,
+        "stderr": stderr,
+        "pass_fds": tuple(pass_fds),
+        "start_new_session": start_new_session,
+    }
+    starting = loop.run_in_executor(None, functools.partial(subprocess.Popen, argv, **popen_kwargs))
+    try:
+        popen = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        starting.add_done_callback(lambda done: _discard_started(done, start_new_session))
+        raise
+    transports: list[asyncio.BaseTransport] = []
     writer = reader = None
     try:
         if popen.stdin is not None:
             transport, protocol = await loop.connect_write_pipe(
                 lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), popen.stdin
             )
+            transports.append(transport)
             writer = asyncio.StreamWriter(transport, protocol, None, loop)
         if popen.stdout is not None:
             reader = asyncio.StreamReader(limit=2**16)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), popen.stdout)
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), popen.stdout
+            )
+            transports.append(transport)
     except BaseException:
-        popen.kill()
-        await loop.run_in_executor(None, popen.wait)
+        for transport in transports:
+            transport.close()
+        _discard(popen, start_new_session)
         raise
     return Child(popen, writer, reader)
+
+
+def _discard(popen: subprocess.Popen[bytes], own_session: bool) -> None:
+    """Kill a child nobody will use (its whole session if it has one) and reap it in the background."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if own_session:
+            os.killpg(popen.pid, signal.SIGKILL)
+        else:
+            popen.kill()
+    threading.Thread(target=popen.wait, name=f"reap-{popen.pid}", daemon=True).start()
+
+
+def _discard_started(starting: asyncio.Future[subprocess.Popen[bytes]], own_session: bool) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        _discard(starting.result(), own_session)

@@ -4,9 +4,12 @@ on uvloop as the server runs them: real processes, real pipes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -104,3 +107,31 @@ def test_a_missing_program_raises_as_popen_does() -> None:
 
     with pytest.raises(FileNotFoundError):
         run(scenario)
+
+
+def test_a_start_cancelled_half_way_leaves_no_child_running() -> None:
+    token = f"sluice-test-{uuid.uuid4().hex}"
+
+    def running() -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and token.encode() in (proc / "cmdline").read_bytes():
+                    found.append(proc.name)
+        return found
+
+    async def scenario() -> None:
+        sleeper = "import sys, time; time.sleep(30)"
+        starting = asyncio.ensure_future(
+            start_child(sys.executable, "-c", sleeper, token, start_new_session=True)
+        )
+        await asyncio.sleep(0)  # it now waits for the worker thread's Popen
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        deadline = time.monotonic() + 10
+        while running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    run(scenario)
+    assert running() == [], "the child of a cancelled start is still running"

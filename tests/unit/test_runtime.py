@@ -608,3 +608,15 @@ def test_a_fifo_left_as_the_log_does_not_block_the_next_job(rt: Runtime) -> None
     )
     assert one.succeeded and two.succeeded
     assert two.completed.output == "unblocked\n"
+
+
+def test_a_file_a_script_leaves_under_the_spare_name_never_reaches_the_next_job(rt: Runtime) -> None:
+    plant = 'rm -f "$INPUT_FILE_PATH"\necho "left for the next job" > .input\n'
+    _, two = two_jobs(
+        rt,
+        (plant, InvocationInput(job_id="job-1", payload=b"{}")),
+        ("ls -A; cat .input 2>/dev/null || true", InvocationInput(job_id="job-2", payload=b"{}")),
+    )
+    assert two.succeeded
+    assert ".input" not in two.completed.output.split()
+    assert "left for the next job" not in two.completed.output

@@ -74,6 +74,10 @@ class Dispatcher:
         self._capacity = slots * PREFETCH
         self._wakeup = asyncio.Event()
         self._recording = 0  # jobs whose outcome waits in the recorder
+        # Jobs asked for by claims still in flight (the loop's, the recorder's top-up): neither
+        # claims what the other may already be taking.
+        self._reserved = 0
+        self._top_up_limit = 0
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -121,17 +125,20 @@ class Dispatcher:
     async def _loop(self) -> None:
         while True:
             self._wakeup.clear()
-            free = self._capacity - len(self._running)
+            free = self._capacity - len(self._running) - self._reserved
             claimed: list[Job] = []
             # Claim in batches (half the capacity at least) while slots are busy anyway: fewer
             # transactions per job; with nothing running, claim whatever is there at once.
             if free >= max(1, self._capacity // 2) or (free > 0 and not self._running):
+                self._reserved += free
                 try:
                     claimed = await self.db.call_relaxed(
                         job_sql.claim, self.worker_id, free, time.time(), self.lease
                     )
                 except Exception:
                     log.exception("claiming jobs failed; retrying")
+                finally:
+                    self._reserved -= free
                 self._start(claimed)
                 if claimed and len(claimed) == free:
                     continue  # there may be more queued: claim again as soon as a slot frees
@@ -147,15 +154,19 @@ class Dispatcher:
 
     def operation(self) -> Callable[[Connection], list[Job]] | None:
         # Jobs whose outcome is being recorded are about to leave `_running`.
-        free = self._capacity - len(self._running) + self._recording
+        free = self._capacity - len(self._running) + self._recording - self._reserved
         if free <= 0 or self.slots == 0 or self._stopping:
             return None
+        self._top_up_limit = free
+        self._reserved += free
         return functools.partial(
             job_sql.claim, worker=self.worker_id, limit=free, now=time.time(), lease=self.lease
         )
 
-    def accept(self, result: list[Job]) -> None:
-        if not self._stopping:  # else `stop` releases them, with every job this worker holds
+    def accept(self, result: list[Job] | None) -> None:
+        self._reserved -= self._top_up_limit
+        self._top_up_limit = 0
+        if result and not self._stopping:  # else `stop` releases them, with every job it holds
             self._start(result)
 
     async def _execute(self, job: Job) -> None:
@@ -167,7 +178,10 @@ class Dispatcher:
             log.exception("job %s failed in the platform", job.id)
             await self._record_failure(job, None, "", f"platform error: {exc}")
         finally:
-            self._running.pop(job.id, None)
+            # A failed job due again at once may already run anew, claimed in the transaction
+            # that recorded this run's failure: that newer task keeps the entry.
+            if self._running.get(job.id) is asyncio.current_task():
+                del self._running[job.id]
             self._wakeup.set()
 
     async def _run_job(self, job: Job) -> None:

@@ -28,7 +28,8 @@ class TopUp(Protocol):
         """What to run after a batch's own operations, in its transaction (None: nothing)."""
 
     def accept(self, result: Any) -> None:
-        """The operation's result, once its transaction committed."""
+        """The operation's result once its transaction committed; None if it did not run (the
+        batch failed, or was cancelled). Called once for every operation given."""
 
 
 class Recorder:
@@ -54,13 +55,14 @@ class Recorder:
         while self._pending:
             batch, self._pending = self._pending, []
             extra = self._top_up.operation() if self._top_up is not None else None
+            extra_result = None
             operations = [op for op, _ in batch]
             try:
                 results = await self._db.call_relaxed(
                     _run_all, operations if extra is None else [*operations, extra]
                 )
-                if extra is not None and self._top_up is not None:
-                    self._top_up.accept(results.pop())
+                if extra is not None:
+                    extra_result = results.pop()
             except Exception:
                 log.exception("recording %d results together failed; recording one by one", len(batch))
                 results = []
@@ -71,6 +73,9 @@ class Recorder:
                         if not future.done():
                             future.set_exception(exc)
                         results.append(None)
+            finally:
+                if extra is not None and self._top_up is not None:
+                    self._top_up.accept(extra_result)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -468,9 +468,8 @@ def _run_and_wait(
     env: dict[str, str] | None,
 ) -> tuple[int, bool]:
     """Run the engine's client in a worker thread; True if the timeout came first (still running)."""
-    log_fd = open_for_rewrite(log_path)
-    os.ftruncate(log_fd, 0)
-    with open(log_fd, "wb") as log_file:
+    with open(open_for_rewrite(log_path), "wb") as log_file:
+        log_file.truncate(0)
         # In the job's folder: conmon drops files (an `oom` marker) in its working directory.
         process = subprocess.Popen(
             argv,

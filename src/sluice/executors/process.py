@@ -137,8 +137,8 @@ async def _spawn_in_loop(script: str, invocation: Invocation, log_path: Path) ->
     In its own session, so a kill reaches whatever the script started.
     """
     log_fd = open_for_rewrite(log_path)
-    os.ftruncate(log_fd, 0)
     try:
+        os.ftruncate(log_fd, 0)
         pid = os.posix_spawn(
             "/bin/sh",
             _shell_argv(script, invocation),
@@ -201,9 +201,8 @@ def _spawn_and_wait(
     """Start the process and wait for it, in one worker thread (one hop from the event loop)."""
     if argv[0] == "/bin/sh" and len(argv) == 2:
         argv = _shell_argv(argv[1], invocation)
-    log_fd = open_for_rewrite(log_path)
-    os.ftruncate(log_fd, 0)
-    with open(log_fd, "wb") as log:
+    with open(open_for_rewrite(log_path), "wb") as log:
+        log.truncate(0)
         process = subprocess.Popen(
             argv,
             cwd=invocation.workdir,

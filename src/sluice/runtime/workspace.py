@@ -45,8 +45,11 @@ class Workspace:
         path = self.input_dir / name
         if self._has_spare:
             self._has_spare = False
-            with contextlib.suppress(OSError):
+            try:
                 os.rename(self._spare, path)
+            except OSError:  # a name too long, say: the old content must not stay behind
+                with contextlib.suppress(OSError):
+                    os.unlink(self._spare)
         return path
 
     def clear(self) -> None:
@@ -71,11 +74,12 @@ class Workspace:
     def _keep(self, entry: os.DirEntry[str]) -> bool:
         """Whether `entry` stays for the next job: the log and the spare input if they are plain
         files, and the first plain file of the input folder, which becomes the spare."""
-        if entry.path in self._kept:
-            kept = is_plain_file(entry.stat(follow_symlinks=False))
-            if entry.path == self._spare and not kept:
-                self._has_spare = False
+        if entry.path == self._spare:  # only the spare this workspace made, never a script's
+            kept = self._has_spare and is_plain_file(entry.stat(follow_symlinks=False))
+            self._has_spare = kept
             return kept
+        if entry.path in self._kept:
+            return is_plain_file(entry.stat(follow_symlinks=False))
         if self._has_spare or not entry.path.startswith(self._folders[0] + os.sep):
             return False
         if not entry.is_file(follow_symlinks=False) or not is_plain_file(entry.stat(follow_symlinks=False)):

@@ -8,6 +8,8 @@ keeps its log and its staged input between jobs and rewrites them through these 
 A script may have left anything under these names (a symlink to a file it cannot reach, a
 second hard link to a stored object, a FIFO that would block an open): a file is reused only
 when it is a plain file with no other name; anything else is removed and a new file created.
+This guards the last component of a path only: the folders above it are the caller's to trust
+(a workspace refuses scratch folders a script replaced, and no script of the last job runs on).
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ def open_for_rewrite(path: Path | str) -> int:
     if is_plain_file(before):
         with contextlib.suppress(OSError):
             fd = os.open(path, _REUSE)
-            after = os.fstat(fd)
-            if after.st_ino == before.st_ino and is_plain_file(after):  # not swapped in between
-                os.set_blocking(fd, True)
-                return fd
+            try:
+                after = os.fstat(fd)
+                if after.st_ino == before.st_ino and is_plain_file(after):  # not swapped meanwhile
+                    os.set_blocking(fd, True)
+                    return fd
+            except OSError:
+                pass
             os.close(fd)
     remove(path)
     return os.open(path, _CREATE, 0o644)

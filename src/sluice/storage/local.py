@@ -139,6 +139,7 @@ class LocalStorage:
             try:
                 shutil.copyfile(staging, nearby)
                 os.replace(nearby, dest)
+                staging.unlink(missing_ok=True)  # moved, as far as the caller knows
             finally:
                 nearby.unlink(missing_ok=True)
 
