@@ -4,8 +4,11 @@ overload and auth, and the client and CLI built on it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
+import pty
 import subprocess
 import threading
 import zipfile
@@ -209,7 +212,18 @@ def test_the_client_and_the_cli_return_raw_output(
     printed = subprocess.run([*common, str(source)], capture_output=True, timeout=60, check=True)
     assert printed.stdout == b"FROM A FILE\n"
     piped = subprocess.run(common, input=b"piped", capture_output=True, timeout=60, check=True)
-    assert piped.stdout == b"PIPED"
+    assert piped.stdout == b"PIPED"  # bytes as sent through a pipe...
+    terminal, terminal_end = pty.openpty()
+    try:
+        subprocess.run(common, input=b"typed", stdout=terminal_end, timeout=60, check=True)
+        os.close(terminal_end)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once everything written was read
+            while chunk := os.read(terminal, 1024):
+                shown += chunk
+    finally:
+        os.close(terminal)
+    assert shown.replace(b"\r\n", b"\n") == b"TYPED\n"  # ...and the prompt on its own line on a terminal
     saved = tmp_path / "out.txt"
     subprocess.run([*common, str(source), "-o", str(saved)], capture_output=True, timeout=60, check=True)
     assert saved.read_bytes() == b"FROM A FILE\n"

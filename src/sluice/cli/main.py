@@ -353,6 +353,8 @@ def run(
         answer = client.run(service, data, timeout=timeout)
     if output is None:
         sys.stdout.buffer.write(answer)
+        if sys.stdout.isatty() and answer and not answer.endswith(b"\n"):
+            sys.stdout.buffer.write(b"\n")  # the prompt on a line of its own; pipes get the bytes as sent
         sys.stdout.buffer.flush()
     else:
         output.write_bytes(answer)
