@@ -13,8 +13,12 @@ SERVER_ENV = {"SLUICE_WORKERS": "4", "SLUICE_RETRY_BASE_DELAY": "0.2"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("server") / "data", env=SERVER_ENV).start()
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A module may set its own SERVER_ENV (short leases, no backoff, ...) instead of this one."""
+    env = getattr(request.module, "SERVER_ENV", SERVER_ENV)
+    process = ServerProcess(tmp_path_factory.mktemp("server") / "data", env=env).start()
     try:
         yield process
     finally:

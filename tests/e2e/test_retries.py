@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.server import PASSWORD, ServerProcess
 
 # No backoff, and a lease short enough that a run nobody renews is taken back within the test.
 SERVER_ENV = {"SLUICE_WORKERS": "1", "SLUICE_RETRY_BASE_DELAY": "0", "SLUICE_LEASE_SECONDS": "2"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("server") / "data", env=SERVER_ENV).start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 def test_a_retry_due_at_once_runs_once_and_keeps_its_lease(server: ServerProcess, tmp_path: Path) -> None:
