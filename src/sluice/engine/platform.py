@@ -467,7 +467,9 @@ class Platform:
         limit: int = 100,
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many jobs come after this page."""
-        await self.get_service(service)
+        # The cached definition: a poller must not pay a second query for the service's existence.
+        if await self.catalog.get(service) is None:
+            raise ServiceNotFound(service)
 
         def page(connection: Any) -> tuple[list[Job], int]:
             found = job_sql.list_jobs(connection, service, status=status, after=after, limit=limit)
