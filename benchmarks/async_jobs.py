@@ -124,9 +124,7 @@ async def wait_done(endpoint: str, files: int, timeout: float = 600) -> list[dic
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=endpoint, auth=AUTH, timeout=60) as client:
         while time.monotonic() < deadline:
-            if not await _any_with_status(client, "queued") and not await _any_with_status(
-                client, "running"
-            ):
+            if not await _any_with_status(client, "queued") and not await _any_with_status(client, "running"):
                 jobs = await all_jobs(client)
                 if sum(j["status"] in ("succeeded", "failed") for j in jobs) >= files:
                     return jobs
