@@ -11,6 +11,9 @@
    Reports upload acceptance rate and jobs/s from the first upload to the last job's end. Then
    PACED more uploads at 50/s give upload-to-start latency (job start minus its durable
    acceptance, both server-side) with no backlog in front of them.
+   Each round also says where the CPU went, per job: the server process, the scripts it ran,
+   and this benchmark's own uploads and polls, beside the baseline's CPU per run. On a machine
+   this size the sum is what bounds the rate.
 3. Durable event acceptance: MinIO-format events (100 records a request, 8 requests at once) on an
    API-only server (`--workers 0`), so nothing competes with acceptance.
 """
@@ -39,6 +42,7 @@ from tests.server import PASSWORD, ServerProcess
 
 SCRIPT = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/"\n'
 AUTH = ("oscar", PASSWORD)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -46,7 +50,8 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def baseline(files: int, work: Path) -> float:
+def baseline(files: int, work: Path) -> tuple[float, float]:
+    """Runs per second, and CPU milliseconds per run (Python's own share and the script's)."""
     work.mkdir()
     script = work / "script.sh"
     script.write_text(SCRIPT)
@@ -65,10 +70,12 @@ def baseline(files: int, work: Path) -> float:
         }
         subprocess.run(["/bin/sh", str(script)], env=env, check=True)
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), os.times()
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(run_one, range(files)))
-    return files / (time.perf_counter() - started)
+    elapsed, cpu_after = time.perf_counter() - started, os.times()
+    spent = sum(cpu_after[:4]) - sum(cpu_before[:4])  # this process and the scripts it waited for
+    return files / elapsed, spent * 1000 / files
 
 
 def session(endpoint: str) -> aiohttp.ClientSession:
@@ -191,14 +198,22 @@ class Round:
     drain: float  # jobs/s once the uploads had ended
     uploads: float  # uploads/s durably accepted
     backlog_wait_p50: float  # ms a job waited in the queue during the burst
+    # CPU milliseconds per job, upload included: where the two cores went.
+    server_cpu: float  # the `sluice serve` process: HTTP, storage, queue, bookkeeping
+    script_cpu: float  # the scripts it ran (and what they started)
+    client_cpu: float  # this benchmark's uploads and polls
+    baseline_cpu: float = float("nan")  # per run of the baseline, Python's share included
 
 
 def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
     """One burst of FILES uploads on a fresh server; the server is returned still running."""
     server = ServerProcess(data_dir, extra_args=("--reconcile-interval", "0")).start()
+    assert server.process is not None
     try:
+        server_before, client_before = process_cpu(server.process.pid), os.times()
         up_start, up_end = asyncio.run(upload_all(server.endpoint, files))
         jobs = asyncio.run(wait_done(server.endpoint, files))
+        server_after, client_after = process_cpu(server.process.pid), os.times()
     except BaseException:
         server.stop()
         raise
@@ -218,8 +233,18 @@ def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
         drain=drain,
         uploads=files / (up_end - up_start),
         backlog_wait_p50=percentile(backlog_wait, 50),
+        server_cpu=(server_after[0] - server_before[0]) * 1000 / files,
+        script_cpu=(server_after[1] - server_before[1]) * 1000 / files,
+        client_cpu=(sum(client_after[:2]) - sum(client_before[:2])) * 1000 / files,
     )
     return measured, server
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process (all its threads) and of the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(value) / CLOCK_TICKS for value in fields[11:15])
+    return utime + stime, cutime + cstime
 
 
 def main() -> None:
@@ -237,14 +262,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         work = Path(tmp)
         for index in range(args.rounds):
-            base_rate = baseline(args.files, work / f"base-{index}")
+            base_rate, base_cpu = baseline(args.files, work / f"base-{index}")
             measured, server = sluice_round(work / f"data-{index}", args.files)
-            measured.baseline = base_rate
+            measured.baseline, measured.baseline_cpu = base_rate, base_cpu
             rounds.append(measured)
             print(
                 f"round {index + 1}: baseline {base_rate:.0f} runs/s; sluice {measured.rate:.0f} jobs/s "
                 f"(ratio {measured.rate / base_rate:.2f}), drain {measured.drain:.0f} jobs/s "
-                f"(ratio {measured.drain / base_rate:.2f}), uploads {measured.uploads:.0f}/s",
+                f"(ratio {measured.drain / base_rate:.2f}), uploads {measured.uploads:.0f}/s; "
+                f"CPU ms per run {base_cpu:.2f}, per job {measured.server_cpu:.2f} server + "
+                f"{measured.script_cpu:.2f} scripts + {measured.client_cpu:.2f} uploader",
                 flush=True,
             )
             if index < args.rounds - 1:
@@ -286,6 +313,11 @@ def main() -> None:
         f"ratio {drain_ratio:.2f} of baseline"
     )
     print(f"uploads durably accepted (16 concurrent PUTs):   {median('uploads'):8.0f} /s")
+    print(
+        f"CPU per job (ms): server {median('server_cpu'):.2f}, scripts {median('script_cpu'):.2f}, "
+        f"uploader {median('client_cpu'):.2f}; baseline per run {median('baseline_cpu'):.2f} "
+        f"(on {os.cpu_count()} cores, 1000 / (ms per job) * cores bounds the rate)"
+    )
     print(f"burst: wait in the queue p50 {median('backlog_wait_p50'):.0f} ms (uploads outpace the jobs)")
     print(
         f"upload-to-start latency at 50 uploads/s: p50 {percentile(to_start, 50):.1f} ms, "
