@@ -6,10 +6,12 @@ it reads the script (`sh -c 'ulimit -d N && . script'`): set from outside on the
 a busy server could be late, and a fast script would allocate before the limit. CPU: not limited per
 process (the dispatcher bounds how many jobs run at once); the container executor limits it.
 
-Each process is started with `posix_spawn` (vfork + exec) from the event loop and awaited through a
-pidfd the loop watches: no worker thread, which took a fifth of the platform's CPU per job off and
-raised the jobs' rate (asyncio's own subprocess support is several times slower still). Where pidfds
-are missing, a worker thread runs `subprocess` instead. Output goes to a file in the job's folder
+Each process is started with `posix_spawn` (vfork + exec) from the event loop, with the GIL
+released while the child execs (`spawn.py`), and awaited through a pidfd the loop watches: no
+worker thread, which took a fifth of the platform's CPU per job off and raised the jobs' rate
+(asyncio's own subprocess support is several times slower still; a spawner thread was measured
+too: waking it on busy cores delayed each start by 3-5 ms). Where pidfds are missing, a worker
+thread runs `subprocess` instead. Output goes to a file in the job's folder
 rather than a pipe, so a background child that keeps the pipe open cannot hang the job.
 """
 
@@ -29,6 +31,7 @@ from stat import S_ISREG
 
 from sluice.children import PIDFDS
 from sluice.executors.base import LOG_FILE, Capabilities, Completed, Invocation
+from sluice.executors.spawn import spawn_in_new_session
 from sluice.storage.files import open_for_rewrite
 
 # Spawning from the event loop needs pidfds; elsewhere a worker thread waits for each script.
@@ -139,17 +142,7 @@ async def _spawn_in_loop(script: str, invocation: Invocation, log_path: Path) ->
     log_fd = open_for_rewrite(log_path)
     try:
         os.ftruncate(log_fd, 0)
-        pid = os.posix_spawn(
-            "/bin/sh",
-            _shell_argv(script, invocation),
-            invocation.env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                (os.POSIX_SPAWN_DUP2, log_fd, 2),
-            ],
-            setsid=True,
-        )
+        pid = spawn_in_new_session("/bin/sh", _shell_argv(script, invocation), invocation.env, log_fd)
     finally:
         os.close(log_fd)
     loop = asyncio.get_running_loop()
