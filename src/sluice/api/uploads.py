@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import Request
 
@@ -47,9 +47,8 @@ async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"upload of {declared} bytes is over the {limit}-byte limit")
     size = 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(dest, "wb") as handle:
+        with _create(dest) as handle:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
@@ -57,11 +56,20 @@ async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest:
                 handle.write(chunk)
             handle.flush()
             # On disk before the job that reads it is acknowledged; off the event loop.
-            await asyncio.to_thread(os.fdatasync, handle.fileno())
+            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, handle.fileno())
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     return size
+
+
+def _create(dest: Path) -> BinaryIO:
+    """`dest` opened for writing; its folder made only if missing (not tried on every upload)."""
+    try:
+        return open(dest, "wb")
+    except FileNotFoundError:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return open(dest, "wb")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -218,12 +218,28 @@ def _read_outputs(output_dir: Path) -> dict[str, bytes]:
 
 
 def _output_names(output_dir: Path) -> list[str]:
-    """Every file under `output_dir`, as sorted '/'-separated relative names."""
-    return sorted(
-        os.path.relpath(os.path.join(dirpath, name), output_dir).replace(os.sep, "/")
-        for dirpath, _, names in os.walk(output_dir)
-        for name in names
-    )
+    """Every file under `output_dir`, as sorted '/'-separated relative names. As `os.walk` sees
+    them: a link to a folder is neither followed nor listed, an unreadable folder is skipped;
+    names are built while walking (relpath per file showed in profiles)."""
+    names: list[str] = []
+    _collect_names(os.fspath(output_dir), "", names)
+    return sorted(names)
+
+
+def _collect_names(folder: str, prefix: str, names: list[str]) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            is_folder = entry.is_dir()
+        except OSError:
+            is_folder = False
+        if not is_folder:
+            names.append(prefix + entry.name)
+        elif not entry.is_symlink():
+            _collect_names(entry.path, f"{prefix}{entry.name}/", names)
 
 
 def _environment(
