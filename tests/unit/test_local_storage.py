@@ -208,7 +208,7 @@ def test_bad_keys_rejected_and_nothing_written(
     staged.write_bytes(b"staged")
     with pytest.raises(InvalidObjectKey):
         run(store.adopt(staged, "bucket", key))
-    staged.unlink()
+    assert not staged.exists()  # adopted files are the store's: removed when they cannot be stored
 
     assert snapshot(tmp_path) == before
 
@@ -304,6 +304,29 @@ def test_missing_object(store: LocalStorage, tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
         run(store.delete("bucket", "absent.txt"))
     assert not (tmp_path / "dest").exists()
+
+
+def test_a_path_through_an_object_or_a_link_loop_is_no_object(
+    store: LocalStorage, root: Path, tmp_path: Path
+) -> None:
+    """Not found (a 404), not an OS error (a 500): "a.txt/child" when a.txt is an object, and a
+    key on a link loop a script could have left."""
+    put_bytes(store, tmp_path, "bucket", "a.txt", b"a")
+    os.symlink("loop", root / "bucket" / "loop")
+    for key in ("a.txt/child", "loop", "loop/deeper"):
+        with pytest.raises(ObjectNotFound):
+            run(store.stat("bucket", key))
+        with pytest.raises(ObjectNotFound):
+            run(store.get("bucket", key, tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_adopt_into_a_missing_bucket_leaves_nothing_staged(store: LocalStorage, root: Path) -> None:
+    staged = store.staging_path()
+    staged.write_bytes(b"uploaded body")
+    with pytest.raises(BucketNotFound):
+        run(store.adopt(staged, "gone", "k.txt"))
+    assert temp_files(root) == []
 
 
 def test_delete_object(store: LocalStorage, tmp_path: Path) -> None:

@@ -620,3 +620,33 @@ def test_a_file_a_script_leaves_under_the_spare_name_never_reaches_the_next_job(
     assert two.succeeded
     assert ".input" not in two.completed.output.split()
     assert "left for the next job" not in two.completed.output
+
+
+def test_outputs_are_the_files_os_walk_would_list(tmp_path: Path) -> None:
+    """Nested files by their '/' names, links to files and FIFOs as files; a link to a folder is
+    neither followed (it could lead anywhere on the host) nor listed."""
+    from sluice.runtime.invocation import _output_names
+
+    out = tmp_path / "out"
+    (out / "sub" / "deep").mkdir(parents=True)
+    (out / "b.txt").write_text("b")
+    (out / "A.txt").write_text("a")
+    (out / "sub" / "x.json").write_text("x")
+    (out / "sub" / "deep" / "y").write_text("y")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_text("s")
+    os.symlink(elsewhere, out / "linked-folder")
+    os.symlink(out / "b.txt", out / "linked-file")
+    os.symlink(tmp_path / "nothing", out / "broken")
+    os.mkfifo(out / "fifo")
+
+    names = _output_names(out)
+
+    assert names == ["A.txt", "b.txt", "broken", "fifo", "linked-file", "sub/deep/y", "sub/x.json"]
+    walked = sorted(
+        os.path.relpath(os.path.join(folder, name), out)
+        for folder, _, files in os.walk(out)
+        for name in files
+    )
+    assert names == walked

@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways: libc through ctypes (Linux), and the fallback used where libc lacks it."""
     if request.param == "os.posix_spawn":
         monkeypatch.setattr(spawn, "_LIBC", None)
+    else:  # on Linux (these machines) libc's way must be the one in use
+        assert spawn._LIBC is not None and spawn._NEW_SESSION is not None
     return str(request.param)
 
 
@@ -39,11 +42,44 @@ def run_to_end(tmp_path: Path, script: str, env: dict[str, str]) -> tuple[int, i
 
 def test_the_script_gets_its_arguments_environment_and_output_file(way: str, tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "GREETING": "héllo wörld", "EMPTY": ""}
-    _, code, output = run_to_end(
-        tmp_path, 'echo "$GREETING[$EMPTY]"; echo oops >&2; read -r line || echo "no stdin"; exit 7', env
-    )
+    _, code, output = run_to_end(tmp_path, 'echo "$GREETING[$EMPTY]"; echo oops >&2; exit 7', env)
     assert code == 7
-    assert output == "héllo wörld[]\noops\nno stdin\n"
+    assert output == "héllo wörld[]\noops\n"
+
+
+def test_the_script_reads_nothing_from_the_servers_stdin(way: str, tmp_path: Path) -> None:
+    """Its stdin is /dev/null, whatever the server's is: here a pipe with a line waiting."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"leaked line\n")
+    os.close(write_end)
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        _, _, output = run_to_end(tmp_path, 'read -r line && echo "read: $line" || echo "nothing"', {})
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read_end)
+    assert output == "nothing\n"
+
+
+def test_a_bad_environment_is_refused_as_os_posix_spawn_refuses_it(way: str, tmp_path: Path) -> None:
+    """C strings end at NUL: a value would be cut short silently, a name with '=' split."""
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+    try:
+        for env in ({"A": "x\0y"}, {"A=B": "x"}, {"": "x"}):
+            with pytest.raises(ValueError):
+                spawn_in_new_session("/bin/sh", ["/bin/sh", "-c", "true"], env, fd)
+        with pytest.raises(ValueError):
+            spawn_in_new_session("/bin/sh", ["/bin/sh", "-c", "true\0"], {}, fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_bad_descriptor_is_reported_with_its_error(way: str) -> None:
+    with pytest.raises(OSError) as raised:
+        spawn_in_new_session("/bin/sh", ["/bin/sh", "-c", "true"], {}, -1)
+    assert raised.value.errno == errno.EBADF
 
 
 def test_only_the_given_environment_reaches_the_script(way: str, tmp_path: Path) -> None:
@@ -66,10 +102,26 @@ def test_a_missing_program_raises_its_error(way: str, tmp_path: Path) -> None:
     assert raised.value.errno == errno.ENOENT
 
 
-def test_other_threads_run_while_a_script_starts(tmp_path: Path) -> None:
-    """The point of the module: `os.posix_spawn` holds the GIL until the child has exec'd (a
-    spinning thread counts nothing meanwhile); libc's, through ctypes, lets it go."""
-    assert sys.platform.startswith("linux") and spawn._LIBC is not None
+def test_other_threads_run_while_a_script_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the module: `os.posix_spawn` holds the GIL until the child has exec'd, so a
+    thread waiting for it counts nothing meanwhile; libc's, through ctypes, lets it go.
+
+    The switch interval is raised so that only a released GIL lets the spinner in (never a
+    forced switch); the spinner gives the GIL back after each step so the spawner can go on."""
+    assert sys.platform.startswith("linux") and spawn._LIBC is not None and spawn._NEW_SESSION is not None
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        with_libc = _spawns_the_spinner_advanced_in(tmp_path)
+        monkeypatch.setattr(spawn, "_LIBC", None)
+        with_os_posix_spawn = _spawns_the_spinner_advanced_in(tmp_path)
+    finally:
+        sys.setswitchinterval(interval)
+    assert with_os_posix_spawn == 0, "the control: os.posix_spawn holds the GIL"
+    assert with_libc >= 10, f"the spinner ran during only {with_libc} of 50 starts"
+
+
+def _spawns_the_spinner_advanced_in(tmp_path: Path, spawns: int = 50) -> int:
     counted = 0
     stop = threading.Event()
 
@@ -77,19 +129,20 @@ def test_other_threads_run_while_a_script_starts(tmp_path: Path) -> None:
         nonlocal counted
         while not stop.is_set():
             counted += 1
+            time.sleep(0)  # lets the GIL go: the spawning thread is never kept waiting for it
 
     spinner = threading.Thread(target=spin)
     spinner.start()
-    during_spawns = 0
+    advanced = 0
     fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
     try:
-        for _ in range(50):
+        for _ in range(spawns):
             before = counted
             pid = spawn_in_new_session("/bin/sh", ["/bin/sh", "-c", "exit 0"], {}, fd)
-            during_spawns += counted - before
+            advanced += counted != before
             os.waitpid(pid, 0)
     finally:
         stop.set()
         spinner.join()
         os.close(fd)
-    assert during_spawns > 0
+    return advanced

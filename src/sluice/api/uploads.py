@@ -25,9 +25,15 @@ async def accept_upload(
     jobs it triggers."""
     store = platform.default_store()
     staging_path = getattr(store, "staging_path", None)
-    staged = staging_path() if staging_path else Path(tempfile.mkstemp(prefix="sluice-upload-")[1])
+    staged = staging_path() if staging_path else _new_temporary_file()
     await spool_chunks(chunks, declared, staged, limit)
     return await platform.store_upload(staged, bucket, key)
+
+
+def _new_temporary_file() -> Path:
+    descriptor, name = tempfile.mkstemp(prefix="sluice-upload-")
+    os.close(descriptor)  # reopened by name to be written
+    return Path(name)
 
 
 def upload_answer(upload: Upload, bucket: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -39,15 +45,11 @@ def upload_answer(upload: Upload, bucket: str) -> tuple[dict[str, Any], dict[str
     return {**object_json(upload.info), "bucket": bucket, "jobs": ids}, headers
 
 
-async def spool_body(request: Request, dest: Path, limit: int) -> int:
-    return await spool_chunks(request.stream(), request.headers.get("content-length"), dest, limit)
-
-
 async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest: Path, limit: int) -> int:
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"upload of {declared} bytes is over the {limit}-byte limit")
     size = 0
     try:
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"upload of {declared} bytes is over the {limit}-byte limit")
         with _create(dest) as handle:
             async for chunk in chunks:
                 size += len(chunk)
@@ -55,12 +57,20 @@ async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest:
                     raise PayloadTooLarge(f"upload is over the {limit}-byte limit")
                 handle.write(chunk)
             handle.flush()
-            # On disk before the job that reads it is acknowledged; off the event loop.
-            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, handle.fileno())
+            # On disk before the job that reads it is acknowledged; off the event loop, through a
+            # descriptor of the thread's own, still valid if this request is cancelled meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, _sync_and_close, os.dup(handle.fileno()))
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     return size
+
+
+def _sync_and_close(descriptor: int) -> None:
+    try:
+        os.fdatasync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _create(dest: Path) -> BinaryIO:

@@ -468,8 +468,9 @@ class Platform:
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many jobs come after this page."""
         # The cached definition: a poller must not pay a second query for the service's existence.
+        # Only a hit is trusted: one made elsewhere moments ago may still be cached as missing.
         if await self.catalog.get(service) is None:
-            raise ServiceNotFound(service)
+            await self.get_service(service)
 
         def page(connection: Any) -> tuple[list[Job], int]:
             found = job_sql.list_jobs(connection, service, status=status, after=after, limit=limit)

@@ -15,10 +15,11 @@ import ctypes
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from ctypes import POINTER, byref, c_char_p, c_int, c_short, c_void_p
+from ctypes import POINTER, byref, c_char_p, c_int, c_short, c_uint64, c_void_p
 
-# posix_spawn's opaque structures: 80 and 336 bytes in glibc on x86_64; room for any libc.
-_STRUCT_BYTES = 1024
+# posix_spawn's opaque structures: 80 and 336 bytes in glibc on x86_64; room for any libc, and
+# aligned as a C compiler would (8-byte words).
+_STRUCT_WORDS = 128
 # <spawn.h> on Linux (glibc and musl alike); Python's os module does not export it.
 _POSIX_SPAWN_SETSID = 0x80
 _DEVNULL = os.fsencode(os.devnull)
@@ -60,8 +61,12 @@ def _load_libc() -> ctypes.CDLL | None:
 _LIBC = _load_libc()
 
 
-def _new_session_attributes(libc: ctypes.CDLL) -> ctypes.Array[ctypes.c_char] | None:
-    attributes = ctypes.create_string_buffer(_STRUCT_BYTES)
+def _opaque_struct() -> ctypes.Array[c_uint64]:
+    return (c_uint64 * _STRUCT_WORDS)()
+
+
+def _new_session_attributes(libc: ctypes.CDLL) -> ctypes.Array[c_uint64] | None:
+    attributes = _opaque_struct()
     if libc.posix_spawnattr_init(attributes) or libc.posix_spawnattr_setflags(
         attributes, c_short(_POSIX_SPAWN_SETSID)
     ):
@@ -89,20 +94,17 @@ def spawn_in_new_session(path: str, argv: Sequence[str], env: Mapping[str, str],
             ],
             setsid=True,
         )
-    args: list[bytes | None] = [os.fsencode(arg) for arg in argv]
+    args: list[bytes | None] = [_c_string(arg) for arg in argv]
     args.append(None)  # argv and envp end with a null pointer
-    environ: list[bytes | None] = [os.fsencode(f"{name}={value}") for name, value in env.items()]
+    environ: list[bytes | None] = [_variable(name, value) for name, value in env.items()]
     environ.append(None)
-    actions = ctypes.create_string_buffer(_STRUCT_BYTES)
-    if _LIBC.posix_spawn_file_actions_init(actions):
-        raise OSError(ctypes.get_errno(), "posix_spawn_file_actions_init failed")
+    actions = _opaque_struct()
+    # Like posix_spawn, these return an error number (errno is not set).
+    _check(_LIBC.posix_spawn_file_actions_init(actions))
     try:
-        if (
-            _LIBC.posix_spawn_file_actions_addopen(actions, 0, _DEVNULL, os.O_RDONLY, 0)
-            or _LIBC.posix_spawn_file_actions_adddup2(actions, output_fd, 1)
-            or _LIBC.posix_spawn_file_actions_adddup2(actions, output_fd, 2)
-        ):
-            raise OSError(ctypes.get_errno(), "posix_spawn_file_actions failed")
+        _check(_LIBC.posix_spawn_file_actions_addopen(actions, 0, _DEVNULL, os.O_RDONLY, 0))
+        _check(_LIBC.posix_spawn_file_actions_adddup2(actions, output_fd, 1))
+        _check(_LIBC.posix_spawn_file_actions_adddup2(actions, output_fd, 2))
         pid = c_int()
         error = _LIBC.posix_spawn(
             byref(pid),
@@ -114,6 +116,24 @@ def spawn_in_new_session(path: str, argv: Sequence[str], env: Mapping[str, str],
         )
     finally:
         _LIBC.posix_spawn_file_actions_destroy(actions)
-    if error:  # posix_spawn returns the error number rather than setting errno
-        raise OSError(error, os.strerror(error), path)
+    _check(error, path)
     return pid.value
+
+
+def _check(error: int, path: str | None = None) -> None:
+    if error:
+        raise OSError(error, os.strerror(error), path)
+
+
+def _c_string(text: str) -> bytes:
+    """As `os.posix_spawn` checks: C would silently cut a string at an embedded NUL."""
+    encoded = os.fsencode(text)
+    if b"\0" in encoded:
+        raise ValueError(f"embedded null byte in {text!r}")
+    return encoded
+
+
+def _variable(name: str, value: str) -> bytes:
+    if not name or "=" in name:
+        raise ValueError(f"illegal environment variable name {name!r}")
+    return _c_string(f"{name}={value}")

@@ -222,24 +222,23 @@ def _output_names(output_dir: Path) -> list[str]:
     them: a link to a folder is neither followed nor listed, an unreadable folder is skipped;
     names are built while walking (relpath per file showed in profiles)."""
     names: list[str] = []
-    _collect_names(os.fspath(output_dir), "", names)
-    return sorted(names)
-
-
-def _collect_names(folder: str, prefix: str, names: list[str]) -> None:
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
+    folders = [(os.fspath(output_dir), "")]
+    while folders:
+        folder, prefix = folders.pop()
         try:
-            is_folder = entry.is_dir()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        is_folder = entry.is_dir()
+                    except OSError:
+                        is_folder = False
+                    if not is_folder:
+                        names.append(prefix + entry.name)
+                    elif not entry.is_symlink():
+                        folders.append((entry.path, f"{prefix}{entry.name}/"))
         except OSError:
-            is_folder = False
-        if not is_folder:
-            names.append(prefix + entry.name)
-        elif not entry.is_symlink():
-            _collect_names(entry.path, f"{prefix}{entry.name}/", names)
+            continue
+    return sorted(names)
 
 
 def _environment(

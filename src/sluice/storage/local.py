@@ -101,8 +101,13 @@ class LocalStorage:
         return self._publish(staging, dest, bucket, key)
 
     async def adopt(self, staging: Path, bucket: str, key: str) -> ObjectInfo:
-        """Move a finished file (already on this filesystem) into place: no copy."""
-        dest = self._object_path(bucket, key)
+        """Move a finished file (already on this filesystem) into place: no copy. The file is
+        the store's from then on: moved, or removed if it cannot be stored."""
+        try:
+            dest = self._object_path(bucket, key)
+        except BaseException:  # the bucket is gone, say: nothing may stay in the staging area
+            _unlink_quietly(staging)
+            raise
         if os.path.islink(staging):  # a link would point into a folder about to be cleared: copy
             return await asyncio.to_thread(self._put_sync, staging, dest, bucket, key)
         return self._publish(staging, dest, bucket, key)  # a rename: cheaper than a thread hop
@@ -152,16 +157,14 @@ class LocalStorage:
 
     async def get(self, bucket: str, key: str, dest: Path) -> ObjectInfo:
         path = self._object_path(bucket, key)
+        stat = _object_stat(path, bucket, key)
         try:
-            stat = os.stat(path)
-            if not S_ISREG(stat.st_mode):
-                raise FileNotFoundError(path)
             # Into `dest`'s own file if it has one: the workspace reuses its input files.
             if stat.st_size <= INLINE_BYTES:
                 copy_into(path, dest)
             else:
                 await asyncio.to_thread(copy_into, path, dest)
-        except FileNotFoundError:
+        except FileNotFoundError:  # deleted since
             raise ObjectNotFound(bucket, key) from None
         return self._info(bucket, key, stat)
 
@@ -173,14 +176,7 @@ class LocalStorage:
         return Path(path)
 
     async def stat(self, bucket: str, key: str) -> ObjectInfo:
-        path = self._object_path(bucket, key)
-        try:
-            stat = os.stat(path)
-            if not S_ISREG(stat.st_mode):
-                raise FileNotFoundError(path)
-            return self._info(bucket, key, stat)
-        except FileNotFoundError:
-            raise ObjectNotFound(bucket, key) from None
+        return self._info(bucket, key, _object_stat(self._object_path(bucket, key), bucket, key))
 
     async def delete(self, bucket: str, key: str) -> None:
         path = self._object_path(bucket, key)
@@ -248,3 +244,19 @@ class LocalStorage:
 def _unlink_quietly(path: Path | str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _object_stat(path: str, bucket: str, key: str) -> os.stat_result:
+    """The object's file status; ObjectNotFound if no object has that key: nothing there, a
+    folder, or a path through an object ("a.txt/b") or through a link loop."""
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ObjectNotFound(bucket, key) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ObjectNotFound(bucket, key) from None
+        raise
+    if not S_ISREG(stat.st_mode):
+        raise ObjectNotFound(bucket, key)
+    return stat
