@@ -52,7 +52,7 @@ async def oscar_list_jobs(
     limit: int = Query(100, ge=1, le=1000),
     caller: Caller = Depends(require_user),
 ) -> dict[str, Any]:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     platform = request.app.state.platform
     found, remaining = await platform.list_jobs(name, after=decode_cursor(page), limit=limit)
     next_page = encode_cursor(found[-1]) if remaining else ""
@@ -67,7 +67,7 @@ async def oscar_list_jobs(
 async def oscar_job_log(
     name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> str:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     return await request.app.state.platform.job_log(name, job_id)
 
 
@@ -75,7 +75,7 @@ async def oscar_job_log(
 async def oscar_delete_jobs(
     name: str, request: Request, all: bool = False, caller: Caller = Depends(require_user)
 ) -> Response:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     await request.app.state.platform.delete_jobs(name, everything=all)
     return Response(status_code=204)
 
@@ -84,7 +84,7 @@ async def oscar_delete_jobs(
 async def oscar_delete_job(
     name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> Response:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     await request.app.state.platform.delete_job(name, job_id)
     return Response(status_code=204)
 
@@ -98,7 +98,7 @@ async def list_jobs(
     limit: int = Query(100, ge=1, le=1000),
     caller: Caller = Depends(require_user),
 ) -> dict[str, Any]:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     found, remaining = await request.app.state.platform.list_jobs(
         name, status=status, after=decode_cursor(page), limit=limit
     )
@@ -128,7 +128,7 @@ async def failed_jobs(
 async def get_job(
     name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     return job_json(await request.app.state.platform.get_job(name, job_id))
 
 
@@ -136,7 +136,7 @@ async def get_job(
 async def cancel_job(
     name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     previous = await request.app.state.platform.cancel_job(name, job_id)
     return {
         "id": job_id,
@@ -149,6 +149,6 @@ async def cancel_job(
 async def requeue_job(
     name: str, job_id: str, request: Request, caller: Caller = Depends(require_user)
 ) -> dict[str, Any]:
-    await managed_service(request.app.state.platform, caller, name)
+    await managed_service(request.app.state.platform, caller, name, cached=True)
     await request.app.state.platform.requeue_job(name, job_id)
     return job_json(await request.app.state.platform.get_job(name, job_id))

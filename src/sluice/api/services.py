@@ -37,16 +37,24 @@ async def _spec_from(request: Request) -> ServiceSpec:
     return parse_service(data)
 
 
-async def visible_service(platform: Platform, caller: Caller, name: str) -> ServiceRecord:
-    """The service if the caller may use it; otherwise it does not exist, as far as they know."""
-    record = await platform.get_service(name)
+async def visible_service(
+    platform: Platform, caller: Caller, name: str, *, cached: bool = False
+) -> ServiceRecord:
+    """The service if the caller may use it; otherwise it does not exist, as far as they know.
+
+    `cached`: checked on the definition jobs and uploads use (a change made through another API
+    server is seen within seconds), for routes that only need the permission: job listings and
+    logs are polled, and a fresh read cost a query and a validation of the whole definition."""
+    record = await (platform.known_service(name) if cached else platform.get_service(name))
     if not can_use_service(caller, record):
         raise ServiceNotFound(name)
     return record
 
 
-async def managed_service(platform: Platform, caller: Caller, name: str) -> ServiceRecord:
-    record = await visible_service(platform, caller, name)
+async def managed_service(
+    platform: Platform, caller: Caller, name: str, *, cached: bool = False
+) -> ServiceRecord:
+    record = await visible_service(platform, caller, name, cached=cached)
     if not can_manage_service(caller, record):
         raise Forbidden(f"only the owner of service '{name}' or the admin may do this")
     return record

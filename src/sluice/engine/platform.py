@@ -156,6 +156,11 @@ class Platform:
             raise ServiceNotFound(name)
         return record
 
+    async def known_service(self, name: str) -> ServiceRecord:
+        """The service as jobs and uploads see it: cached for a couple of seconds (a change made
+        through this server is seen at once); a name cached as missing is looked up again."""
+        return await self.catalog.get(name) or await self.get_service(name)
+
     async def list_services(self) -> list[ServiceRecord]:
         return await self.catalog.all()
 
@@ -467,10 +472,7 @@ class Platform:
         limit: int = 100,
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many jobs come after this page."""
-        # The cached definition: a poller must not pay a second query for the service's existence.
-        # Only a hit is trusted: one made elsewhere moments ago may still be cached as missing.
-        if await self.catalog.get(service) is None:
-            await self.get_service(service)
+        await self.known_service(service)  # a poller must not pay a query for its existence
 
         def page(connection: Any) -> tuple[list[Job], int]:
             found = job_sql.list_jobs(connection, service, status=status, after=after, limit=limit)
