@@ -13,7 +13,8 @@
    acceptance, both server-side) with no backlog in front of them.
    Each round also says where the CPU went, per job: the server process, the scripts it ran,
    and this benchmark's own uploads and polls, beside the baseline's CPU per run. On a machine
-   this size the sum is what bounds the rate.
+   this size the sum is what bounds the rate. And the share of time the hypervisor gave to
+   other machines meanwhile (`steal` in /proc/stat), for each side: on a shared VM it varies.
 3. Durable event acceptance: MinIO-format events (100 records a request, 8 requests at once) on an
    API-only server (`--workers 0`), so nothing competes with acceptance.
 """
@@ -50,8 +51,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def baseline(files: int, work: Path) -> tuple[float, float]:
-    """Runs per second, and CPU milliseconds per run (Python's own share and the script's)."""
+def baseline(files: int, work: Path) -> tuple[float, float, float]:
+    """Runs per second, CPU milliseconds per run (Python's own share and the script's), and the
+    share of the machine's time its hypervisor took meanwhile."""
     work.mkdir()
     script = work / "script.sh"
     script.write_text(SCRIPT)
@@ -70,12 +72,25 @@ def baseline(files: int, work: Path) -> tuple[float, float]:
         }
         subprocess.run(["/bin/sh", str(script)], env=env, check=True)
 
-    started, cpu_before = time.perf_counter(), os.times()
+    started, cpu_before, machine_before = time.perf_counter(), os.times(), machine_ticks()
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(run_one, range(files)))
     elapsed, cpu_after = time.perf_counter() - started, os.times()
     spent = sum(cpu_after[:4]) - sum(cpu_before[:4])  # this process and the scripts it waited for
-    return files / elapsed, spent * 1000 / files
+    return files / elapsed, spent * 1000 / files, stolen_since(machine_before)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(ticks stolen by the hypervisor, all ticks) of every core since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
+def stolen_since(before: tuple[int, int]) -> float:
+    """The share of the cores' time the hypervisor gave to other machines since `before`: a
+    round where it is high ran on a slower machine than the others."""
+    steal, total = machine_ticks()
+    return (steal - before[0]) / max(1, total - before[1])
 
 
 def session(endpoint: str) -> aiohttp.ClientSession:
@@ -202,7 +217,9 @@ class Round:
     server_cpu: float  # the `sluice serve` process: HTTP, storage, queue, bookkeeping
     script_cpu: float  # the scripts it ran (and what they started)
     client_cpu: float  # this benchmark's uploads and polls
+    steal: float  # share of the time the hypervisor took while Sluice ran
     baseline_cpu: float = float("nan")  # per run of the baseline, Python's share included
+    baseline_steal: float = float("nan")
 
 
 def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
@@ -211,9 +228,11 @@ def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
     assert server.process is not None
     try:
         server_before, client_before = process_cpu(server.process.pid), os.times()
+        machine_before = machine_ticks()
         up_start, up_end = asyncio.run(upload_all(server.endpoint, files))
         jobs = asyncio.run(wait_done(server.endpoint, files))
         server_after, client_after = process_cpu(server.process.pid), os.times()
+        steal = stolen_since(machine_before)
     except BaseException:
         server.stop()
         raise
@@ -236,6 +255,7 @@ def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
         server_cpu=(server_after[0] - server_before[0]) * 1000 / files,
         script_cpu=(server_after[1] - server_before[1]) * 1000 / files,
         client_cpu=(sum(client_after[:2]) - sum(client_before[:2])) * 1000 / files,
+        steal=steal,
     )
     return measured, server
 
@@ -262,16 +282,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         work = Path(tmp)
         for index in range(args.rounds):
-            base_rate, base_cpu = baseline(args.files, work / f"base-{index}")
+            base_rate, base_cpu, base_steal = baseline(args.files, work / f"base-{index}")
             measured, server = sluice_round(work / f"data-{index}", args.files)
             measured.baseline, measured.baseline_cpu = base_rate, base_cpu
+            measured.baseline_steal = base_steal
             rounds.append(measured)
             print(
                 f"round {index + 1}: baseline {base_rate:.0f} runs/s; sluice {measured.rate:.0f} jobs/s "
                 f"(ratio {measured.rate / base_rate:.2f}), drain {measured.drain:.0f} jobs/s "
                 f"(ratio {measured.drain / base_rate:.2f}), uploads {measured.uploads:.0f}/s; "
                 f"CPU ms per run {base_cpu:.2f}, per job {measured.server_cpu:.2f} server + "
-                f"{measured.script_cpu:.2f} scripts + {measured.client_cpu:.2f} uploader",
+                f"{measured.script_cpu:.2f} scripts + {measured.client_cpu:.2f} uploader; "
+                f"stolen by the hypervisor {base_steal:.0%} / {measured.steal:.0%}",
                 flush=True,
             )
             if index < args.rounds - 1:
@@ -317,6 +339,10 @@ def main() -> None:
         f"CPU per job (ms): server {median('server_cpu'):.2f}, scripts {median('script_cpu'):.2f}, "
         f"uploader {median('client_cpu'):.2f}; baseline per run {median('baseline_cpu'):.2f} "
         f"(on {os.cpu_count()} cores, 1000 / (ms per job) * cores bounds the rate)"
+    )
+    print(
+        f"time stolen by the hypervisor: baseline {median('baseline_steal'):.0%}, "
+        f"sluice {median('steal'):.0%} (a round with much more ran on a slower machine)"
     )
     print(f"burst: wait in the queue p50 {median('backlog_wait_p50'):.0f} ms (uploads outpace the jobs)")
     print(
