@@ -26,8 +26,8 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     return str(request.param)
 
 
-def run_to_end(tmp_path: Path, script: str, env: dict[str, str]) -> tuple[int, int, str]:
-    """(session id seen by the script, exit code, what it wrote to stdout and stderr)."""
+def run_to_end(tmp_path: Path, script: str, env: dict[str, str]) -> tuple[int, str]:
+    """(exit code, what it wrote to stdout and stderr), once it was seen to lead its own session."""
     log = tmp_path / "log"
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
@@ -37,12 +37,12 @@ def run_to_end(tmp_path: Path, script: str, env: dict[str, str]) -> tuple[int, i
     session = os.getsid(pid)  # the child still exists (a zombie at worst) until it is reaped
     _, status = os.waitpid(pid, 0)
     assert session == pid, "the script leads a session of its own"
-    return session, os.waitstatus_to_exitcode(status), log.read_text()
+    return os.waitstatus_to_exitcode(status), log.read_text()
 
 
 def test_the_script_gets_its_arguments_environment_and_output_file(way: str, tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "GREETING": "héllo wörld", "EMPTY": ""}
-    _, code, output = run_to_end(tmp_path, 'echo "$GREETING[$EMPTY]"; echo oops >&2; exit 7', env)
+    code, output = run_to_end(tmp_path, 'echo "$GREETING[$EMPTY]"; echo oops >&2; exit 7', env)
     assert code == 7
     assert output == "héllo wörld[]\noops\n"
 
@@ -55,7 +55,7 @@ def test_the_script_reads_nothing_from_the_servers_stdin(way: str, tmp_path: Pat
     saved = os.dup(0)
     os.dup2(read_end, 0)
     try:
-        _, _, output = run_to_end(tmp_path, 'read -r line && echo "read: $line" || echo "nothing"', {})
+        _, output = run_to_end(tmp_path, 'read -r line && echo "read: $line" || echo "nothing"', {})
     finally:
         os.dup2(saved, 0)
         os.close(saved)
@@ -85,7 +85,7 @@ def test_a_bad_descriptor_is_reported_with_its_error(way: str) -> None:
 def test_only_the_given_environment_reaches_the_script(way: str, tmp_path: Path) -> None:
     os.environ["SLUICE_TEST_SECRET"] = "must-not-leak"
     try:
-        _, _, output = run_to_end(tmp_path, "env", {"ONLY": "this"})
+        _, output = run_to_end(tmp_path, "env", {"ONLY": "this"})
     finally:
         del os.environ["SLUICE_TEST_SECRET"]
     assert "ONLY=this" in output.splitlines()
