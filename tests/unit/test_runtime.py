@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import sys
@@ -189,7 +190,10 @@ def test_server_secrets_do_not_reach_the_script(rt: Runtime, monkeypatch: pytest
     monkeypatch.setenv("SLUICE_ADMIN_PASSWORD", "server-admin-password")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-s3-secret")
     monkeypatch.setenv("SLUICE_DATABASE_URL", "postgresql://user:server-db-password@db/sluice")
+    monkeypatch.setenv("TZ", "Europe/Madrid")
     monkeypatch.setenv("LANG", "C.UTF-8")
+    # An executor made now: it reads the server's environment when it is created.
+    rt = dataclasses.replace(rt, executor=ProcessExecutor(max_threads=2))
 
     _, env = run_env_dump(rt)
 
@@ -197,10 +201,16 @@ def test_server_secrets_do_not_reach_the_script(rt: Runtime, monkeypatch: pytest
         assert name not in env
     secrets = ("server-admin-password", "server-s3-secret", "server-db-password")
     assert [k for k, v in env.items() if any(s in v for s in secrets)] == []
-    assert env["LANG"] == "C.UTF-8"  # an allowed variable is inherited
-    assert "LANG" in INHERITED_ENV
+    assert env["TZ"] == "Europe/Madrid"  # an allowed variable is inherited
+    assert "TZ" in INHERITED_ENV
+    assert "LANG" not in env  # a script runs in the C locale unless its service sets one
     # the interpreter running Sluice comes first on PATH
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_a_service_sets_the_locale_of_its_scripts(rt: Runtime) -> None:
+    _, env = run_env_dump(rt, environment={"variables": {"LANG": "C.UTF-8"}})
+    assert env["LANG"] == "C.UTF-8"
 
 
 def test_service_variables_cannot_override_the_contract(rt: Runtime) -> None:

@@ -36,13 +36,11 @@ from sluice.storage.files import open_for_rewrite
 
 # Spawning from the event loop needs pidfds; elsewhere a worker thread waits for each script.
 SPAWN_IN_LOOP = PIDFDS and hasattr(os, "posix_spawn")
-# Only these variables of the server's own environment reach a script: never the server's secrets.
+# Only these variables of the server's own environment reach a process on the host: never the
+# server's secrets.
 INHERITED_ENV = (
     "PATH",
     "HOME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
     "TZ",
     "USER",
     "LOGNAME",
@@ -52,12 +50,19 @@ INHERITED_ENV = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
 )
+# The server's locale reaches long-running processes (replicas, exposed services), not a job's
+# script: loading a locale costs every program the script starts a few hundred microseconds
+# (`cp` opens a dozen files for it), a sixth of a trivial job's CPU. A script runs in the C locale,
+# as in an image that sets none, unless its service sets these in its variables.
+LOCALE_ENV = ("LANG", "LC_ALL", "LC_CTYPE")
 
 
-def host_environment() -> dict[str, str]:
-    """What a script on the host inherits: a few of the server's variables, and its interpreter first
-    on PATH, so scripts find the same `python` and packages as the server."""
-    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+def host_environment(*, locale: bool = True) -> dict[str, str]:
+    """What a process on the host inherits: a few of the server's variables (its locale too with
+    `locale`), and its interpreter first on PATH, so scripts find the same `python` and packages
+    as the server."""
+    names = INHERITED_ENV + LOCALE_ENV if locale else INHERITED_ENV
+    env = {name: os.environ[name] for name in names if name in os.environ}
     interpreter_bin = str(Path(sys.executable).parent)
     env["PATH"] = interpreter_bin + os.pathsep + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     return env
@@ -73,7 +78,7 @@ class ProcessExecutor:
 
     def __init__(self, max_threads: int = 256) -> None:
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluice-proc")
-        self._host_env = host_environment()
+        self._host_env = host_environment(locale=False)
 
     def describe(self) -> str:
         return "process (on the host, the image is not used)"
