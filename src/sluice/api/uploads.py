@@ -4,7 +4,6 @@ fast path (`sluice.api.fast_upload`)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -50,27 +49,18 @@ async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest:
     try:
         if declared and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"upload of {declared} bytes is over the {limit}-byte limit")
+        # Not synced here: the store puts it on the disk, with the other uploads of its moment,
+        # before its jobs are committed and the upload acknowledged (`Platform.store_upload`).
         with _create(dest) as handle:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"upload is over the {limit}-byte limit")
                 handle.write(chunk)
-            handle.flush()
-            # On disk before the job that reads it is acknowledged; off the event loop, through a
-            # descriptor of the thread's own, still valid if this request is cancelled meanwhile.
-            await asyncio.get_running_loop().run_in_executor(None, _sync_and_close, os.dup(handle.fileno()))
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     return size
-
-
-def _sync_and_close(descriptor: int) -> None:
-    try:
-        os.fdatasync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _create(dest: Path) -> BinaryIO:

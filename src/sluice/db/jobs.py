@@ -84,7 +84,8 @@ class Job:
 JOB_COLUMNS = [jobs.c[name] for name in Job.__dataclass_fields__]
 
 # The statements every job runs, written out once: building them with the expression language on
-# each call cost more CPU than the rest of a trivial job's platform work.
+# each call cost more CPU than the rest of a trivial job's platform work. On SQLite they run on the
+# driver itself (`_sqlite`): SQLAlchemy's own work per statement cost more than SQLite's.
 _RETURNING = ", ".join(Job.__dataclass_fields__)
 _CLAIM_SET = (
     "SET status = 'running', worker = :worker, lease_expires = :lease_expires, started_at = :now, "
@@ -122,6 +123,31 @@ FINISH = text(
 )
 
 
+def _sqlite(connection: Connection) -> Any | None:
+    """The sqlite3 connection under `connection`, or None on another database. Statements run on
+    it share `connection`'s transaction (it is the same connection)."""
+    if connection.dialect.name != "sqlite":
+        return None
+    return connection.connection.driver_connection
+
+
+def _execute(connection: Connection, statement: Any, parameters: dict[str, Any]) -> Any:
+    """`statement` (a `text()`) on the driver on SQLite, through SQLAlchemy elsewhere; the
+    result's rows are tuples in the statement's column order, its rowcount as usual."""
+    driver = _sqlite(connection)
+    if driver is not None:
+        return driver.execute(statement.text, parameters)
+    return connection.execute(statement, parameters)
+
+
+def _execute_many(connection: Connection, statement: Any, rows: list[dict[str, Any]]) -> int:
+    """`statement` once per row, as one driver-level executemany; returns the rows it changed."""
+    driver = _sqlite(connection)
+    if driver is not None:
+        return driver.executemany(statement.text, rows).rowcount
+    return connection.execute(statement, rows).rowcount
+
+
 def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float) -> list[Accepted]:
     """Insert jobs in one transaction; an object version already seen returns its existing job id.
 
@@ -138,7 +164,8 @@ def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float)
     versions = sorted(first_of_version.items())
     owner = {version: ids[index] for version, index in versions}
     if versions:
-        inserted = connection.execute(
+        inserted = _execute_many(
+            connection,
             LEDGER_INSERT,
             [
                 {
@@ -151,7 +178,7 @@ def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float)
                 }
                 for v, i in versions
             ],
-        ).rowcount
+        )
         if inserted != len(versions):  # some were seen before: their ledger rows name other jobs
             owner = {version: _ledger_job(connection, version) for version, _ in versions}
 
@@ -179,7 +206,7 @@ def enqueue_many(connection: Connection, new_jobs: Sequence[NewJob], now: float)
         )
         results.append(Accepted(ids[index], created=True))
     if to_insert:
-        connection.execute(JOB_INSERT, to_insert)
+        _execute_many(connection, JOB_INSERT, to_insert)
     return results
 
 
@@ -198,10 +225,8 @@ def _ledger_job(connection: Connection, version: tuple[str, str, str, str]) -> s
 def claim(connection: Connection, worker: str, limit: int, now: float, lease: float) -> list[Job]:
     """Take up to `limit` runnable jobs for `worker`, atomically."""
     statement = CLAIM_POSTGRESQL if connection.dialect.name == "postgresql" else CLAIM_SQLITE
-    rows = connection.execute(
-        statement, {"worker": worker, "limit": limit, "now": now, "lease_expires": now + lease}
-    ).all()
-    return [Job.from_row(row) for row in rows]
+    parameters = {"worker": worker, "limit": limit, "now": now, "lease_expires": now + lease}
+    return [Job(*row) for row in _execute(connection, statement, parameters)]
 
 
 def payload_of(connection: Connection, job_id: str) -> bytes | None:
@@ -237,7 +262,8 @@ def finish(
     error: str | None = None,
 ) -> bool:
     """Record a final state; False if the worker no longer owned the job (it was cancelled or lost)."""
-    result = connection.execute(
+    result = _execute(
+        connection,
         FINISH,
         {
             "id": job_id,

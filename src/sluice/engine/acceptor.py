@@ -2,6 +2,8 @@
 
 Each caller awaits its own result, which arrives only after the transaction holding its job has
 committed: nothing is acknowledged before it is durable. While one batch commits, the next gathers.
+Uploaded files are put on the disk first, a batch's together (one thread hop for all of them): a
+committed job never names an object a power cut could still lose.
 """
 
 from __future__ import annotations
@@ -9,27 +11,38 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sluice.db import jobs as job_sql
 from sluice.db.database import Database
 from sluice.db.jobs import Accepted, NewJob
+from sluice.storage.durable import sync_files
 
 MAX_BATCH = 2000
+
+
+@dataclass
+class _Pending:
+    new_jobs: Sequence[NewJob]
+    files: Sequence[str]  # to put on the disk before the jobs are committed
+    future: asyncio.Future[list[Accepted]]
 
 
 class Acceptor:
     def __init__(self, db: Database, on_commit: Callable[[], None]) -> None:
         self._db = db
         self._on_commit = on_commit
-        self._pending: list[tuple[Sequence[NewJob], asyncio.Future[list[Accepted]]]] = []
+        self._pending: list[_Pending] = []
         self._flushing = False
         self._flush_task: asyncio.Future[None] | None = None
 
-    async def enqueue(self, new_jobs: Sequence[NewJob]) -> list[Accepted]:
-        if not new_jobs:
+    async def enqueue(self, new_jobs: Sequence[NewJob], sync_first: Sequence[str] = ()) -> list[Accepted]:
+        """Commit `new_jobs` durably; `sync_first`: files on this machine (just stored, maybe
+        announcing these jobs) to put on the disk before, even if there are no jobs."""
+        if not new_jobs and not sync_first:
             return []
         future: asyncio.Future[list[Accepted]] = asyncio.get_running_loop().create_future()
-        self._pending.append((new_jobs, future))
+        self._pending.append(_Pending(new_jobs, sync_first, future))
         if not self._flushing:
             self._flushing = True
             self._flush_task = asyncio.ensure_future(self._flush())
@@ -38,26 +51,30 @@ class Acceptor:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch: list[tuple[Sequence[NewJob], asyncio.Future[list[Accepted]]]] = []
+                batch: list[_Pending] = []
                 size = 0
                 while self._pending and size < MAX_BATCH:
                     item = self._pending.pop(0)
                     batch.append(item)
-                    size += len(item[0])
-                rows = [job for new_jobs, _ in batch for job in new_jobs]
+                    size += len(item.new_jobs) + len(item.files)
+                rows = [job for item in batch for job in item.new_jobs]
+                files = [path for item in batch for path in item.files]
                 try:
-                    accepted = await self._db.call(job_sql.enqueue_many, rows, time.time())
+                    if files:  # (run_in_executor: to_thread's copy of the context is not needed)
+                        await asyncio.get_running_loop().run_in_executor(None, sync_files, files)
+                    accepted = await self._db.call(job_sql.enqueue_many, rows, time.time()) if rows else []
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
                     continue
                 offset = 0
-                for new_jobs, future in batch:
-                    if not future.done():
-                        future.set_result(accepted[offset : offset + len(new_jobs)])
-                    offset += len(new_jobs)
-                self._on_commit()
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_result(accepted[offset : offset + len(item.new_jobs)])
+                    offset += len(item.new_jobs)
+                if rows:
+                    self._on_commit()
         finally:
             self._flushing = False
         self._flush_task: asyncio.Future[None] | None = None

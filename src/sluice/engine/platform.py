@@ -54,6 +54,7 @@ from sluice.spec.service import ServiceSpec
 from sluice.storage.base import ObjectInfo, StorageProvider
 from sluice.storage.events import ObjectCreated, minio_records
 from sluice.storage.iam import S3Iam
+from sluice.storage.local import LocalStorage
 from sluice.storage.registry import StorageRouter, split_path
 from sluice.storage.s3 import S3Storage
 
@@ -208,7 +209,7 @@ class Platform:
             service_sql.remove(connection, name)
             job_sql.forget_service(connection, name)
 
-        await self.db.call(remove)
+        await self.db.call_bulk(remove)  # every job of the service: maybe many rows
         self.catalog.invalidate(name)
         self.replicas.forget(name)
         self.executor.forget(name)
@@ -365,8 +366,11 @@ class Platform:
                     table.append((bucket, f"{folder}/" if folder else "", record))
         return table
 
-    async def announce(self, created: Sequence[ObjectCreated]) -> list[Accepted]:
-        """Objects that appeared on the default store: one job per watching service, durably."""
+    async def announce(
+        self, created: Sequence[ObjectCreated], sync_first: Sequence[str] = ()
+    ) -> list[Accepted]:
+        """Objects that appeared on the default store: one job per watching service, durably.
+        `sync_first`: their files, when this server just wrote them (see `Acceptor.enqueue`)."""
         table = await self._watch_table()
         when = _event_time()
         new_jobs = []
@@ -377,7 +381,7 @@ class Platform:
                 if bucket == obj.bucket and obj.key.startswith(prefix)
             }
             new_jobs.extend(self._job_for_object(record, obj, when) for record in watching.values())
-        return await self.acceptor.enqueue(new_jobs)
+        return await self.acceptor.enqueue(new_jobs, sync_first)
 
     async def announce_to(self, record: ServiceRecord, created: Sequence[ObjectCreated]) -> list[Accepted]:
         when = _event_time()
@@ -396,15 +400,16 @@ class Platform:
     async def store_upload(self, staged: Path, bucket: str, key: str) -> Upload:
         """Put an uploaded file (already spooled to `staged`) and enqueue its jobs before returning."""
         store = self.default_store()
-        adopt = getattr(store, "adopt", None)
-        if adopt is not None:
-            info = await adopt(staged, bucket, key)
-        else:
+        written: list[str] = []  # files of this machine to put on the disk before answering
+        if isinstance(store, LocalStorage):
+            info = await store.adopt(staged, bucket, key)
+            written.append(store.path_of(bucket, key))
+        else:  # a remote store's put is durable when it returns
             try:
                 info = await store.put(staged, bucket, key)
             finally:
                 staged.unlink(missing_ok=True)
-        accepted = await self.announce([ObjectCreated(bucket, key, info.etag, info.size)])
+        accepted = await self.announce([ObjectCreated(bucket, key, info.etag, info.size)], written)
         return Upload(info, accepted)
 
     async def submit(self, name: str, body: bytes) -> list[Accepted]:
@@ -481,11 +486,11 @@ class Platform:
             last = (found[-1].created_at, found[-1].id)
             return found, job_sql.count_jobs(connection, service, status, after=last)
 
-        return await self.db.call(page)
+        return await self.db.call_bulk(page)
 
     async def list_failed(self, limit: int = 100, services: Sequence[str] | None = None) -> list[Job]:
         """Failed jobs, newest first, of every service or of `services` only."""
-        return await self.db.call(
+        return await self.db.call_bulk(
             lambda c: job_sql.list_jobs(c, services, status=job_sql.FAILED, limit=limit)
         )
 
@@ -495,7 +500,7 @@ class Platform:
             for job in (await self.list_jobs(service, status=job_sql.RUNNING, limit=10_000))[0]:
                 with contextlib.suppress(Conflict):  # it finished meanwhile
                     await self.cancel_job(service, job.id)
-        return await self.db.call(job_sql.delete_jobs, service, everything=everything)
+        return await self.db.call_bulk(job_sql.delete_jobs, service, everything=everything)
 
     async def delete_job(self, service: str, job_id: str) -> None:
         job = await self.get_job(service, job_id)
@@ -522,7 +527,7 @@ class Platform:
         return previous
 
     async def status(self) -> dict[str, Any]:
-        counts = await self.db.call(job_sql.status_counts)
+        counts = await self.db.call_bulk(job_sql.status_counts)  # counts every job
         return {
             "jobs": counts,
             "running_here": self.dispatcher.running,

@@ -64,7 +64,7 @@ class Reconciler:
         provider = self.platform.storage.for_io(record.spec, io)
         bucket, folder = split_path(io.path)
         prefix = f"{folder}/" if folder else ""
-        seen = await self.platform.db.call(job_sql.seen_versions, record.spec.name, bucket, prefix)
+        seen = await self.platform.db.call_bulk(job_sql.seen_versions, record.spec.name, bucket, prefix)
         since = record.created_at - CLOCK_SLACK
         missing: list[ObjectCreated] = []
         created = 0

@@ -77,6 +77,10 @@ class LocalStorage:
     def _object_path(self, bucket: str, key: str) -> str:
         return os.path.join(self._existing_bucket(bucket), validate_key(key))
 
+    def path_of(self, bucket: str, key: str) -> str:
+        """The file that holds (or would hold) an object."""
+        return self._object_path(bucket, key)
+
     def _info(self, bucket: str, key: str, stat: os.stat_result) -> ObjectInfo:
         identity = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}".encode()
         return ObjectInfo(

@@ -1,0 +1,62 @@
+"""Group sync of SQLite's write-ahead log: one fdatasync makes every commit before it durable.
+
+SQLite commits on the event loop with `synchronous=NORMAL`: the commit is in the log file but not
+yet on the disk. A caller that must not answer before its commit is durable awaits `durable()`,
+which fdatasyncs the log off the loop. A sync covers every commit written before it began, so
+commits made while one sync runs share the next: under load, many uploads pay for one sync
+(the group commit of databases), and the loop never waits for the disk.
+
+This is what `synchronous=FULL` does at each commit, done once for a group: a commit is durable
+once the log frames holding it are on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+
+class WalSync:
+    def __init__(self, wal_path: str) -> None:
+        self.path = wal_path
+        # A thread of its own: a sync must not wait behind other work.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-wal-sync")
+        self._written = 0  # commits written to the log so far
+        self._synced = 0  # of those, how many are known to be on the disk
+        self._sync: asyncio.Task[None] | None = None
+
+    def written(self) -> int:
+        """Note one more commit written to the log; returns its number, for `durable`."""
+        self._written += 1
+        return self._written
+
+    async def durable(self, commit: int) -> None:
+        """Return once commit number `commit` is on the disk; raises if the sync failed."""
+        while self._synced < commit:
+            sync = self._sync
+            if sync is None or sync.done() or sync.get_loop() is not asyncio.get_running_loop():
+                sync = self._sync = asyncio.ensure_future(self._sync_written())
+            # Shielded: a waiter cancelled (its request gone) must not cancel the others' sync.
+            await asyncio.shield(sync)
+
+    async def _sync_written(self) -> None:
+        covered = self._written  # everything written before the sync starts
+        await asyncio.get_running_loop().run_in_executor(self._executor, sync_file, self.path)
+        self._synced = max(self._synced, covered)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def sync_file(path: str) -> None:
+    """fdatasync `path`. A log that is gone was checkpointed into the database and removed when
+    its last connection closed: nothing is left to sync."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fdatasync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,78 @@
+"""Files put on the disk in groups: what an acknowledged upload needs, done for many at once.
+
+`fdatasync` one file after the other waits for each file's write in turn: 4.2 ms for 16 small
+files on our machines' disk. Asking the kernel to start writing all of them first
+(`sync_file_range`, Linux) and then waiting for each took 1.8 ms; a thread per file, 2.9 ms.
+`syncfs` would be cheaper still but waits for everything else written to the filesystem too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+from collections.abc import Iterable
+from ctypes import c_int, c_int64, c_uint
+from typing import Any
+
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writing the range's dirty pages, do not wait
+# No longer a file of ours: deleted or replaced meanwhile, or under a parent that is no folder,
+# or a link (never followed: a stored object is never one).
+GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+OPEN_AT_ONCE = 256  # descriptors held at a time, well within the usual limit of 1,024
+
+
+def _load_sync_file_range() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [c_int, c_int64, c_int64, c_uint]
+    function.restype = c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+
+
+def sync_files(paths: Iterable[str]) -> None:
+    """Put each file's content and its name in its folder on the disk (fdatasync, then fsync of
+    each folder once): after this, a power cut loses none of them. A file gone meanwhile
+    (deleted, or replaced by a newer upload) is skipped."""
+    pending = list(paths)
+    folders: set[str] = set()
+    for start in range(0, len(pending), OPEN_AT_ONCE):
+        folders.update(_sync_together(pending[start : start + OPEN_AT_ONCE]))
+    for folder in folders:
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _sync_together(paths: list[str]) -> set[str]:
+    """Start writing every file, then wait for each; returns the folders of those synced."""
+    descriptors: list[int] = []
+    folders: set[str] = set()
+    try:
+        for path in paths:
+            try:
+                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno in GONE:
+                    continue
+                raise
+            descriptors.append(descriptor)
+            folders.add(os.path.dirname(path))
+            if _SYNC_FILE_RANGE is not None:
+                _SYNC_FILE_RANGE(descriptor, 0, 0, SYNC_FILE_RANGE_WRITE)  # a hint: errors show below
+        for descriptor in descriptors:
+            os.fdatasync(descriptor)
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
+    return folders

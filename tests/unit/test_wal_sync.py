@@ -1,0 +1,97 @@
+"""The group sync of SQLite's log (sluice.db.wal): a durable commit waits for a sync that began
+after it was written, and commits written meanwhile share the next sync.
+
+The sync itself is real (fdatasync of a real file); it is wrapped to hold it until the test lets
+it go, since the order of commits and syncs cannot be arranged otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from sluice.db import wal
+from sluice.db.wal import WalSync
+
+
+def test_commits_written_during_a_sync_wait_for_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "db-wal"
+    log.write_bytes(b"frames")
+    started: list[int] = []  # how many commits were written when each sync began
+    release = threading.Event()
+    real_sync = wal.sync_file
+    syncer = WalSync(str(log))
+
+    def held_sync(path: str) -> None:
+        started.append(syncer._written)
+        release.wait(10)
+        real_sync(path)
+
+    monkeypatch.setattr(wal, "sync_file", held_sync)
+
+    async def scenario() -> list[str]:
+        done: list[str] = []
+
+        async def durable(name: str, commit: int) -> None:
+            await syncer.durable(commit)
+            done.append(name)
+
+        first = asyncio.create_task(durable("first", syncer.written()))
+        await asyncio.sleep(0.05)  # the first sync has begun, held
+        second = asyncio.create_task(durable("second", syncer.written()))
+        third = asyncio.create_task(durable("third", syncer.written()))
+        await asyncio.sleep(0.05)
+        assert done == []
+        release.set()
+        await asyncio.gather(first, second, third)
+        return done
+
+    try:
+        assert asyncio.run(scenario()) == ["first", "second", "third"]
+        # Two syncs for three commits: the second and third were written after the first sync
+        # began, so it could not cover them; one more covered both.
+        assert started == [1, 3]
+    finally:
+        syncer.close()
+
+
+def test_a_failed_sync_fails_its_waiters_and_the_next_one_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "db-wal"
+    log.write_bytes(b"frames")
+    syncer = WalSync(str(log))
+    failures = [OSError(5, "Input/output error")]
+    real_sync = wal.sync_file
+
+    def failing_once(path: str) -> None:
+        if failures:
+            raise failures.pop()
+        real_sync(path)
+
+    monkeypatch.setattr(wal, "sync_file", failing_once)
+
+    async def scenario() -> None:
+        commit = syncer.written()
+        with pytest.raises(OSError, match="Input/output error"):
+            await syncer.durable(commit)
+        await syncer.durable(commit)  # the disk recovered: a new sync
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        syncer.close()
+
+
+def test_a_missing_log_has_nothing_to_sync(tmp_path: Path) -> None:
+    """The log is removed when its last connection closes, after it was copied into the database."""
+    syncer = WalSync(str(tmp_path / "gone-wal"))
+    try:
+        asyncio.run(syncer.durable(syncer.written()))
+    finally:
+        syncer.close()
