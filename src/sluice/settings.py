@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     warm_container_idle: float = Field(
         default=300.0, gt=0, description="seconds a warm container may stay unused before it is removed"
     )
+    script_locale: str | None = Field(
+        default=None,
+        description="LANG for scripts on the host (e.g. C.UTF-8) unless their service sets one; unset: C",
+    )
     job_timeout: float = Field(default=3600.0, gt=0, description="default per-job timeout, seconds")
     log_limit: int = Field(default=256 * 1024, ge=1024, description="bytes of job log kept")
     max_upload: int = Field(default=1024**3, ge=1, description="largest accepted upload, bytes")

@@ -1,45 +1,78 @@
-"""Putting stored files on the disk in groups (sluice.storage.durable.sync_files)."""
+"""Putting stored files on the disk in groups (sluice.storage.durable.sync_files): which files and
+folders it syncs, seen by recording what `fdatasync` and `fsync` are called on (a power cut
+cannot be staged here)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+
 from sluice.storage import durable
 
 
-def open_descriptors() -> int:
-    return len(os.listdir("/proc/self/fd"))
+class Recorded:
+    """The inodes fdatasync'd and fsync'd, the real calls made all the same."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.data: list[int] = []
+        self.full: list[int] = []
+        real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+        def fdatasync(descriptor: int) -> None:
+            self.data.append(os.fstat(descriptor).st_ino)
+            real_fdatasync(descriptor)
+
+        def fsync(descriptor: int) -> None:
+            self.full.append(os.fstat(descriptor).st_ino)
+            real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "fsync", fsync)
 
 
-def test_many_files_in_several_folders_and_some_gone(tmp_path: Path) -> None:
-    """More files than it opens at once, in two folders, two of them gone meanwhile (deleted by
-    a user, or replaced under the same name): each existing one is synced, none is left open."""
-    paths = []
-    for folder in ("a", "b"):
-        (tmp_path / folder).mkdir()
-        for index in range(durable.OPEN_AT_ONCE // 2 + 10):
-            path = tmp_path / folder / f"f{index}.txt"
+def inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+def test_each_file_and_every_folder_up_to_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More files than it opens at once, in folders of different depths, two gone meanwhile:
+    each existing file is synced once, each folder from its own up to the root once, and no
+    descriptor stays open."""
+    root = tmp_path / "buckets"
+    files = []
+    for folder in ("b1/in", "b1/in/deep/er", "b2"):
+        (root / folder).mkdir(parents=True)
+        for index in range(durable.OPEN_AT_ONCE // 2 + 3):
+            path = root / folder / f"f{index}.txt"
             path.write_text(f"upload {index}\n")
-            paths.append(str(path))
-    (tmp_path / "a" / "f0.txt").unlink()
-    paths.append(str(tmp_path / "a" / "f0.txt" / "under-a-file"))  # a parent that is not a folder
-    before = open_descriptors()
+            files.append(path)
+    gone = root / "b2" / "f0.txt"
+    gone.unlink()
+    not_a_folder = root / "b2" / "f1.txt" / "child"
+    recorded = Recorded(monkeypatch)
+    before = len(os.listdir("/proc/self/fd"))
 
-    durable.sync_files(paths)
+    durable.sync_files([str(p) for p in files] + [str(not_a_folder)], str(root))
 
-    assert open_descriptors() == before
-    assert (tmp_path / "b" / "f3.txt").read_text() == "upload 3\n"
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert sorted(recorded.data) == sorted(inode(p) for p in files if p != gone)
+    folders = ["b1/in/deep/er", "b1/in/deep", "b1/in", "b1", "b2", "."]
+    assert sorted(recorded.full) == sorted(inode(root / f) for f in folders)
+    assert inode(tmp_path) not in recorded.full  # nothing above the root
 
 
-def test_a_link_is_skipped_not_followed(tmp_path: Path) -> None:
+def test_a_link_is_skipped_not_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stored object is never a link; if one stands where an upload was, it is skipped, not an
-    error, and what it points to is not touched."""
+    error, and what it points to is not synced."""
     target = tmp_path / "elsewhere.txt"
     target.write_text("not ours\n")
-    link = tmp_path / "upload.txt"
+    (tmp_path / "bucket").mkdir()
+    link = tmp_path / "bucket" / "upload.txt"
     link.symlink_to(target)
+    recorded = Recorded(monkeypatch)
 
-    durable.sync_files([str(link)])
+    durable.sync_files([str(link)], str(tmp_path / "bucket"))
 
-    assert target.read_text() == "not ours\n"
+    assert recorded.data == []

@@ -213,6 +213,14 @@ def test_a_service_sets_the_locale_of_its_scripts(rt: Runtime) -> None:
     assert env["LANG"] == "C.UTF-8"
 
 
+def test_the_server_sets_a_locale_for_scripts_and_a_service_overrides_it(rt: Runtime) -> None:
+    rt = dataclasses.replace(rt, executor=ProcessExecutor(max_threads=2, script_locale="C.UTF-8"))
+    _, env = run_env_dump(rt)
+    assert env["LANG"] == "C.UTF-8"
+    _, env = run_env_dump(rt, environment={"variables": {"LANG": "POSIX"}})
+    assert env["LANG"] == "POSIX"
+
+
 def test_service_variables_cannot_override_the_contract(rt: Runtime) -> None:
     _, env = run_env_dump(rt, environment={"variables": {"JOB_UUID": "fake", "OSCAR_SERVICE_TOKEN": "fake"}})
     assert env["JOB_UUID"] == JOB

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from sluice.db import wal
 from sluice.db.wal import WalSync
 
 
@@ -24,15 +23,15 @@ def test_commits_written_during_a_sync_wait_for_the_next_one(
     log.write_bytes(b"frames")
     started: list[int] = []  # how many commits were written when each sync began
     release = threading.Event()
-    real_sync = wal.sync_file
-    syncer = WalSync(str(log))
+    real_sync = WalSync._sync_file
 
-    def held_sync(path: str) -> None:
-        started.append(syncer._written)
+    def held_sync(syncer: WalSync) -> None:
+        started.append(syncer.last_written)
         release.wait(10)
-        real_sync(path)
+        real_sync(syncer)
 
-    monkeypatch.setattr(wal, "sync_file", held_sync)
+    monkeypatch.setattr(WalSync, "_sync_file", held_sync)
+    syncer = WalSync(str(log))
 
     async def scenario() -> list[str]:
         done: list[str] = []
@@ -65,16 +64,16 @@ def test_a_failed_sync_fails_its_waiters_and_the_next_one_retries(
 ) -> None:
     log = tmp_path / "db-wal"
     log.write_bytes(b"frames")
-    syncer = WalSync(str(log))
     failures = [OSError(5, "Input/output error")]
-    real_sync = wal.sync_file
+    real_sync = WalSync._sync_file
 
-    def failing_once(path: str) -> None:
+    def failing_once(syncer: WalSync) -> None:
         if failures:
             raise failures.pop()
-        real_sync(path)
+        real_sync(syncer)
 
-    monkeypatch.setattr(wal, "sync_file", failing_once)
+    monkeypatch.setattr(WalSync, "_sync_file", failing_once)
+    syncer = WalSync(str(log))
 
     async def scenario() -> None:
         commit = syncer.written()
@@ -88,10 +87,32 @@ def test_a_failed_sync_fails_its_waiters_and_the_next_one_retries(
         syncer.close()
 
 
-def test_a_missing_log_has_nothing_to_sync(tmp_path: Path) -> None:
-    """The log is removed when its last connection closes, after it was copied into the database."""
+def test_a_log_that_is_not_there_is_an_error(tmp_path: Path) -> None:
+    """While a server's connections are open SQLite keeps its log: a missing one means the path
+    is not the database's, and a commit must not be reported durable."""
     syncer = WalSync(str(tmp_path / "gone-wal"))
     try:
-        asyncio.run(syncer.durable(syncer.written()))
+        with pytest.raises(FileNotFoundError):
+            asyncio.run(syncer.durable(syncer.written()))
+    finally:
+        syncer.close()
+
+
+def test_a_new_log_file_is_synced_through_a_new_descriptor(tmp_path: Path) -> None:
+    log = tmp_path / "db-wal"
+    log.write_bytes(b"old log")
+
+    async def scenario(syncer: WalSync) -> None:
+        await syncer.durable(syncer.written())
+        replacement = tmp_path / "new-wal"
+        replacement.write_bytes(b"new log")
+        replacement.replace(log)  # SQLite removed the old log and made another
+        await syncer.durable(syncer.written())
+
+    syncer = WalSync(str(log))
+    try:
+        asyncio.run(scenario(syncer))
+        assert syncer._descriptor is not None
+        assert Path(f"/proc/self/fd/{syncer._descriptor}").stat().st_ino == log.stat().st_ino
     finally:
         syncer.close()

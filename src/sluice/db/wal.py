@@ -8,6 +8,10 @@ commits made while one sync runs share the next: under load, many uploads pay fo
 
 This is what `synchronous=FULL` does at each commit, done once for a group: a commit is durable
 once the log frames holding it are on the disk.
+
+The log is synced through one descriptor kept open: a write error the kernel met meanwhile (say,
+while a checkpoint wrote) is reported to every descriptor open at the time, so it cannot be
+missed. The log is opened again if SQLite made a new file (its inode changed).
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ class WalSync:
         self._written = 0  # commits written to the log so far
         self._synced = 0  # of those, how many are known to be on the disk
         self._sync: asyncio.Task[None] | None = None
+        self._descriptor: int | None = None  # used by the sync thread only
+
+    @property
+    def last_written(self) -> int:
+        """The number of the last commit written: a reader waits for it, as it may have seen it."""
+        return self._written
 
     def written(self) -> int:
         """Note one more commit written to the log; returns its number, for `durable`."""
@@ -42,21 +52,22 @@ class WalSync:
 
     async def _sync_written(self) -> None:
         covered = self._written  # everything written before the sync starts
-        await asyncio.get_running_loop().run_in_executor(self._executor, sync_file, self.path)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._sync_file)
         self._synced = max(self._synced, covered)
+
+    def _sync_file(self) -> None:
+        """fdatasync the log; raises if it is missing: while the server's connections are open
+        SQLite keeps it, so a missing log means a path that is not the database's."""
+        current = os.stat(self.path).st_ino
+        if self._descriptor is not None and os.fstat(self._descriptor).st_ino != current:
+            os.close(self._descriptor)  # a new log: SQLite removed the old one once copied
+            self._descriptor = None
+        if self._descriptor is None:
+            self._descriptor = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        os.fdatasync(self._descriptor)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-def sync_file(path: str) -> None:
-    """fdatasync `path`. A log that is gone was checkpointed into the database and removed when
-    its last connection closed: nothing is left to sync."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        os.fdatasync(descriptor)
-    finally:
-        os.close(descriptor)
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None

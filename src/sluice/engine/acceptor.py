@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from sluice.db import jobs as job_sql
 from sluice.db.database import Database
 from sluice.db.jobs import Accepted, NewJob
-from sluice.storage.durable import sync_files
 
 MAX_BATCH = 2000
 
@@ -29,9 +28,16 @@ class _Pending:
 
 
 class Acceptor:
-    def __init__(self, db: Database, on_commit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        on_commit: Callable[[], None],
+        make_durable: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        """`make_durable(paths)`: puts stored files on the disk (blocking, run in a thread)."""
         self._db = db
         self._on_commit = on_commit
+        self._make_durable = make_durable
         self._pending: list[_Pending] = []
         self._flushing = False
         self._flush_task: asyncio.Future[None] | None = None
@@ -60,8 +66,8 @@ class Acceptor:
                 rows = [job for item in batch for job in item.new_jobs]
                 files = [path for item in batch for path in item.files]
                 try:
-                    if files:  # (run_in_executor: to_thread's copy of the context is not needed)
-                        await asyncio.get_running_loop().run_in_executor(None, sync_files, files)
+                    if files and self._make_durable is not None:  # (to_thread's context copy: not needed)
+                        await asyncio.get_running_loop().run_in_executor(None, self._make_durable, files)
                     accepted = await self._db.call(job_sql.enqueue_many, rows, time.time()) if rows else []
                 except Exception as exc:
                     for item in batch:

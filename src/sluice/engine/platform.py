@@ -101,8 +101,9 @@ class Platform:
             log_limit=settings.log_limit,
             retry=RetryStrategy(settings.retry_base_delay, settings.retry_max_delay),
         )
-        self.acceptor = Acceptor(db, on_commit=self.dispatcher.wake)
         store = storage.default
+        make_durable = store.make_durable if isinstance(store, LocalStorage) else None
+        self.acceptor = Acceptor(db, on_commit=self.dispatcher.wake, make_durable=make_durable)
         # Per-user S3 keys need an IAM API on the store; without one users get the endpoint only.
         self.iam = S3Iam(store) if settings.s3_user_credentials and isinstance(store, S3Storage) else None
         self.reconciler = Reconciler(self, interval=settings.reconcile_interval)

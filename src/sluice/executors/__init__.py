@@ -18,7 +18,7 @@ def load_executor(settings: Settings) -> Executor:
     if kind == "process":
         from sluice.executors.process import ProcessExecutor
 
-        return ProcessExecutor()
+        return ProcessExecutor(script_locale=settings.script_locale)
     from sluice.executors.container import ContainerExecutor
 
     try:

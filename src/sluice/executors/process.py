@@ -53,7 +53,8 @@ INHERITED_ENV = (
 # The server's locale reaches long-running processes (replicas, exposed services), not a job's
 # script: loading a locale costs every program the script starts a few hundred microseconds
 # (`cp` opens a dozen files for it), a sixth of a trivial job's CPU. A script runs in the C locale,
-# as in an image that sets none, unless its service sets these in its variables.
+# as in an image that sets none, unless the server sets one for scripts (`script_locale`) or its
+# service sets these in its variables.
 LOCALE_ENV = ("LANG", "LC_ALL", "LC_CTYPE")
 
 
@@ -76,9 +77,12 @@ class ProcessExecutor:
         notes=("runs on the host; the service's image is not used",),
     )
 
-    def __init__(self, max_threads: int = 256) -> None:
+    def __init__(self, max_threads: int = 256, script_locale: str | None = None) -> None:
+        """`script_locale`: LANG for scripts whose service sets none (default: the C locale)."""
         self._threads = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluice-proc")
         self._host_env = host_environment(locale=False)
+        if script_locale:
+            self._host_env["LANG"] = script_locale
 
     def describe(self) -> str:
         return "process (on the host, the image is not used)"

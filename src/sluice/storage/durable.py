@@ -20,7 +20,7 @@ SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writing the range's dirty pages, d
 # No longer a file of ours: deleted or replaced meanwhile, or under a parent that is no folder,
 # or a link (never followed: a stored object is never one).
 GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
-OPEN_AT_ONCE = 256  # descriptors held at a time, well within the usual limit of 1,024
+OPEN_AT_ONCE = 64  # descriptors held at a time: a busy server has many sockets open too
 
 
 def _load_sync_file_range() -> Any:
@@ -38,16 +38,24 @@ def _load_sync_file_range() -> Any:
 _SYNC_FILE_RANGE = _load_sync_file_range()
 
 
-def sync_files(paths: Iterable[str]) -> None:
-    """Put each file's content and its name in its folder on the disk (fdatasync, then fsync of
-    each folder once): after this, a power cut loses none of them. A file gone meanwhile
-    (deleted, or replaced by a newer upload) is skipped."""
+def sync_files(paths: Iterable[str], root: str) -> None:
+    """Put each file's content on the disk, and its name in each folder from its own up to `root`
+    (a folder made for it has its own name to keep): after this, a power cut loses none of them.
+    A file or folder gone meanwhile (deleted, or replaced by a newer upload) is skipped."""
     pending = list(paths)
     folders: set[str] = set()
     for start in range(0, len(pending), OPEN_AT_ONCE):
-        folders.update(_sync_together(pending[start : start + OPEN_AT_ONCE]))
-    for folder in folders:
-        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for folder in _sync_together(pending[start : start + OPEN_AT_ONCE]):
+            while folder.startswith(root) and folder not in folders:
+                folders.add(folder)
+                folder = os.path.dirname(folder)
+    for folder in sorted(folders, key=len, reverse=True):  # the deepest first
+        try:
+            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in GONE:
+                continue
+            raise
         try:
             os.fsync(descriptor)
         finally:

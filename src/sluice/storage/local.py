@@ -22,6 +22,7 @@ from stat import S_ISREG
 
 from sluice.errors import BucketNotFound, Conflict, ObjectNotFound
 from sluice.storage.base import ObjectInfo, Operation, Page, validate_bucket, validate_key, validate_prefix
+from sluice.storage.durable import sync_files
 from sluice.storage.files import copy_into
 
 TMP_DIR = ".tmp"
@@ -80,6 +81,11 @@ class LocalStorage:
     def path_of(self, bucket: str, key: str) -> str:
         """The file that holds (or would hold) an object."""
         return self._object_path(bucket, key)
+
+    def make_durable(self, paths: list[str]) -> None:
+        """Put these objects' files, and their names in their folders, on the disk (blocking:
+        call it from a thread). Many at once cost little more than one."""
+        sync_files(paths, self._root)
 
     def _info(self, bucket: str, key: str, stat: os.stat_result) -> ObjectInfo:
         identity = f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}".encode()
