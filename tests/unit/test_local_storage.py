@@ -204,7 +204,7 @@ def test_bad_keys_rejected_and_nothing_written(
         run(store.delete("bucket", key))
     with pytest.raises(InvalidObjectKey):
         run(store.make_folder("bucket", key))
-    staged = store.staging_path()
+    staged = Path(store.staging_path())
     staged.write_bytes(b"staged")
     with pytest.raises(InvalidObjectKey):
         run(store.adopt(staged, "bucket", key))
@@ -322,7 +322,7 @@ def test_a_path_through_an_object_or_a_link_loop_is_no_object(
 
 
 def test_adopt_into_a_missing_bucket_leaves_nothing_staged(store: LocalStorage, root: Path) -> None:
-    staged = store.staging_path()
+    staged = Path(store.staging_path())
     staged.write_bytes(b"uploaded body")
     with pytest.raises(BucketNotFound):
         run(store.adopt(staged, "gone", "k.txt"))
@@ -366,7 +366,7 @@ def test_make_folder_is_not_an_object(store: LocalStorage) -> None:
 
 
 def test_adopt_moves_without_copying(store: LocalStorage, root: Path) -> None:
-    staged = store.staging_path()
+    staged = Path(store.staging_path())
     staged.write_bytes(b"uploaded body")
     inode = staged.stat().st_ino
 
@@ -381,10 +381,10 @@ def test_adopt_moves_without_copying(store: LocalStorage, root: Path) -> None:
 
 
 def test_staging_path_is_inside_the_root_on_the_same_filesystem(store: LocalStorage, root: Path) -> None:
-    staged = store.staging_path()
+    staged = Path(store.staging_path())
     assert staged.parent == root.resolve() / TMP_DIR
     assert staged.parent.stat().st_dev == (root / "bucket").stat().st_dev
-    assert store.staging_path() != staged
+    assert Path(store.staging_path()) != staged
 
 
 def test_puts_leave_no_temporary_files(store: LocalStorage, root: Path, tmp_path: Path) -> None:

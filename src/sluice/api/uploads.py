@@ -4,10 +4,10 @@ fast path (`sluice.api.fast_upload`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastapi import Request
@@ -29,10 +29,10 @@ async def accept_upload(
     return await platform.store_upload(staged, bucket, key)
 
 
-def _new_temporary_file() -> Path:
+def _new_temporary_file() -> str:
     descriptor, name = tempfile.mkstemp(prefix="sluice-upload-")
     os.close(descriptor)  # reopened by name to be written
-    return Path(name)
+    return name
 
 
 def upload_answer(upload: Upload, bucket: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -44,7 +44,7 @@ def upload_answer(upload: Upload, bucket: str) -> tuple[dict[str, Any], dict[str
     return {**object_json(upload.info), "bucket": bucket, "jobs": ids}, headers
 
 
-async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest: Path, limit: int) -> int:
+async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest: str, limit: int) -> int:
     size = 0
     try:
         if declared and declared.isdigit() and int(declared) > limit:
@@ -58,17 +58,18 @@ async def spool_chunks(chunks: AsyncIterator[bytes], declared: str | None, dest:
                     raise PayloadTooLarge(f"upload is over the {limit}-byte limit")
                 handle.write(chunk)
     except BaseException:
-        dest.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)
         raise
     return size
 
 
-def _create(dest: Path) -> BinaryIO:
+def _create(dest: str) -> BinaryIO:
     """`dest` opened for writing; its folder made only if missing (not tried on every upload)."""
     try:
         return open(dest, "wb")
     except FileNotFoundError:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
         return open(dest, "wb")
 
 

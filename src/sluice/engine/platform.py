@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -398,7 +399,7 @@ class Platform:
             event=event_for(obj.bucket, obj.key, obj.etag, obj.size, when),
         )
 
-    async def store_upload(self, staged: Path, bucket: str, key: str) -> Upload:
+    async def store_upload(self, staged: str, bucket: str, key: str) -> Upload:
         """Put an uploaded file (already spooled to `staged`) and enqueue its jobs before returning."""
         store = self.default_store()
         written: list[str] = []  # files of this machine to put on the disk before answering
@@ -407,9 +408,10 @@ class Platform:
             written.append(store.path_of(bucket, key))
         else:  # a remote store's put is durable when it returns
             try:
-                info = await store.put(staged, bucket, key)
+                info = await store.put(Path(staged), bucket, key)
             finally:
-                staged.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged)
         accepted = await self.announce([ObjectCreated(bucket, key, info.etag, info.size)], written)
         return Upload(info, accepted)
 

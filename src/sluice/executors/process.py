@@ -106,14 +106,15 @@ class ProcessExecutor:
     async def run(self, invocation: Invocation) -> Completed:
         argv = invocation.argv
         # The service's variables and the contract's may override the inherited ones (PATH too).
-        invocation = dataclasses.replace(invocation, env={**self._host_env, **invocation.env})
-        log_path = invocation.workdir / LOG_FILE
+        env = {**self._host_env, **invocation.env}
+        log_path = os.path.join(invocation.workdir, LOG_FILE)
         started = time.monotonic()
         if SPAWN_IN_LOOP and argv[0] == "/bin/sh" and len(argv) == 2:
-            exit_code, timed_out = await _spawn_in_loop(argv[1], invocation, log_path)
+            exit_code, timed_out, output = await _spawn_in_loop(argv[1], invocation, env, log_path)
         else:
-            exit_code, timed_out = await self._spawn_in_thread(argv, invocation, log_path)
-        output = read_capped(log_path, invocation.log_limit)
+            invocation = dataclasses.replace(invocation, env=env)
+            exit_code, timed_out = await self._spawn_in_thread(argv, invocation, Path(log_path))
+            output = read_capped(log_path, invocation.log_limit)
         if timed_out:
             output += f"\n[sluice] killed after the {invocation.timeout:g} s timeout\n"
         return Completed(
@@ -142,18 +143,30 @@ class ProcessExecutor:
             raise
 
 
-async def _spawn_in_loop(script: str, invocation: Invocation, log_path: Path) -> tuple[int, bool]:
+async def _spawn_in_loop(
+    script: str, invocation: Invocation, env: dict[str, str], log_path: str
+) -> tuple[int, bool, str]:
     """`/bin/sh script` started with posix_spawn from the event loop and awaited through a pidfd:
-    no worker thread, no thread hop (a fifth of the platform's CPU per job, measured).
+    no worker thread, no thread hop (a fifth of the platform's CPU per job, measured). Returns
+    its exit code, whether it timed out, and its log.
 
-    In its own session, so a kill reaches whatever the script started.
+    In its own session, so a kill reaches whatever the script started. Its log is read through
+    the descriptor it was given: whatever the script did to the log's name, only its own output
+    is read, and an empty log is seen without reading.
     """
-    log_fd = open_for_rewrite(log_path)
+    log_fd = open_for_rewrite(log_path, readable=True)
     try:
         os.ftruncate(log_fd, 0)
-        pid = spawn_in_new_session("/bin/sh", _shell_argv(script, invocation), invocation.env, log_fd)
+        exit_code, timed_out = await _start_and_wait(script, invocation, env, log_fd)
+        return exit_code, timed_out, read_capped_from(log_fd, invocation.log_limit)
     finally:
         os.close(log_fd)
+
+
+async def _start_and_wait(
+    script: str, invocation: Invocation, env: dict[str, str], log_fd: int
+) -> tuple[int, bool]:
+    pid = spawn_in_new_session("/bin/sh", _shell_argv(script, invocation), env, log_fd)
     loop = asyncio.get_running_loop()
     try:
         pidfd = os.pidfd_open(pid)
@@ -231,26 +244,46 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def read_capped(path: Path, limit: int) -> str:
+def read_capped(path: Path | str, limit: int) -> str:
     """The log's head and tail within `limit` bytes, saying how much was left out between."""
     try:  # never through a link: a contained script could point it at a host file
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # none, or not a file the job's output could be in
         return ""
-    with open(fd, "rb") as handle:
-        stat = os.fstat(fd)
-        if not S_ISREG(stat.st_mode):
+    try:
+        if not S_ISREG(os.fstat(fd).st_mode):
             return ""
-        size = stat.st_size
-        if size <= limit:
-            return handle.read().decode(errors="replace")
-        half = limit // 2
-        head = handle.read(half)
-        handle.seek(size - half)
-        tail = handle.read()
+        return read_capped_from(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def read_capped_from(fd: int, limit: int) -> str:
+    """`read_capped` of an open regular file, read from its start whatever its offset."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return ""
+    if size <= limit:
+        return _read_at(fd, size, 0).decode(errors="replace")
+    half = limit // 2
+    head = _read_at(fd, half, 0)
+    tail = _read_at(fd, half, size - half)
     left_out = size - len(head) - len(tail)
     return (
         head.decode(errors="replace")
         + f"\n[sluice] ... {left_out} bytes of log left out ...\n"
         + tail.decode(errors="replace")
     )
+
+
+def _read_at(fd: int, length: int, offset: int) -> bytes:
+    """Up to `length` bytes from `offset` (fewer only at the end of the file)."""
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, min(length, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

@@ -165,7 +165,10 @@ async def _stage_input(
     trigger: InvocationInput, spec: ServiceSpec, storage: StorageRouter, workspace: Workspace
 ) -> Path:
     if trigger.bucket and trigger.key:
-        dest = workspace.input_path(PurePosixPath(trigger.key).name)
+        name = trigger.key.rsplit("/", 1)[-1]  # (PurePosixPath.name cost more than the rest here)
+        if name in ("", ".", ".."):  # a key from a storage event, not one of ours: no plain name
+            name = trigger.job_id
+        dest = workspace.input_path(name)
         provider = _input_provider(trigger.bucket, spec, storage)
         await provider.get(trigger.bucket, trigger.key, dest)
         return dest
@@ -270,17 +273,19 @@ def _environment(
 
 async def _upload_outputs(spec: ServiceSpec, storage: StorageRouter, output_dir: Path) -> list[str]:
     uploaded = []
+    folder_name = os.fspath(output_dir)
     for relative in _output_names(output_dir):
         targets = [io for io in spec.output if io.accepts(relative)]
+        path = os.path.join(folder_name, relative)
         for index, io in enumerate(targets):
             bucket, folder = split_path(io.path)
             key = join_key(folder, relative)
             provider = storage.for_io(spec, io)
             adopt = getattr(provider, "adopt", None)
             if adopt is not None and index == len(targets) - 1:
-                await adopt(output_dir / relative, bucket, key)  # the last copy can move: no copying
+                await adopt(path, bucket, key)  # the last copy can move: no copying
             else:
-                await provider.put(output_dir / relative, bucket, key)
+                await provider.put(Path(path), bucket, key)
             uploaded.append(f"{bucket}/{key}")
     return uploaded
 

@@ -129,6 +129,7 @@ class WorkspacePool:
         self._scripts.mkdir(parents=True)
         self._free: list[Workspace] = []
         self._created = 0
+        self._script_paths: dict[str, Path] = {}  # content -> its file, written already
 
     async def acquire(self, affinity: str | None = None) -> Workspace:
         """A free workspace that last served `affinity` (a service's name: a warm container of
@@ -157,6 +158,15 @@ class WorkspacePool:
 
     def script(self, content: str) -> Path:
         """A file holding `content`, written once and shared by every job of the same script."""
+        known = self._script_paths.get(content)
+        if known is not None:
+            return known
+        if len(self._script_paths) >= MAX_WORKSPACES * 16:  # services edited many times
+            self._script_paths.clear()
+        self._script_paths[content] = path = self._write_script(content)
+        return path
+
+    def _write_script(self, content: str) -> Path:
         digest = hashlib.sha256(content.encode()).hexdigest()[:24]
         path = self._scripts / f"{digest}.sh"
         if not path.exists():

@@ -110,7 +110,7 @@ class LocalStorage:
             raise
         return self._publish(staging, dest, bucket, key)
 
-    async def adopt(self, staging: Path, bucket: str, key: str) -> ObjectInfo:
+    async def adopt(self, staging: Path | str, bucket: str, key: str) -> ObjectInfo:
         """Move a finished file (already on this filesystem) into place: no copy. The file is
         the store's from then on: moved, or removed if it cannot be stored."""
         try:
@@ -122,9 +122,9 @@ class LocalStorage:
             return await asyncio.to_thread(self._put_sync, staging, dest, bucket, key)
         return self._publish(staging, dest, bucket, key)  # a rename: cheaper than a thread hop
 
-    def staging_path(self) -> Path:
+    def staging_path(self) -> str:
         """A fresh path on the same filesystem, for callers that write an upload before `adopt`."""
-        return Path(self._new_staging_name())
+        return self._new_staging_name()
 
     def _new_staging_name(self) -> str:
         return os.path.join(self._staging_dir, uuid.uuid4().hex)
