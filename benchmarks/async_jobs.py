@@ -1,13 +1,14 @@
 """Async jobs through Sluice beside the machine's limit, in one run.
 
-    .venv/bin/python benchmarks/async_jobs.py [--files 1000] [--events 20000] [--rounds 3]
+    .venv/bin/python benchmarks/async_jobs.py [--files 1000] [--events 20000] [--rounds 3] [--client lean]
 
 1. Baseline: the service's script run FILES times with plain `subprocess`, as many at once as
    there are cores: what the machine can do with no platform at all. Baseline and Sluice
    alternate ROUNDS times and the medians are reported: on a shared VM the machine's own speed
    drifts by a third within minutes, so one baseline measured once is a poor yardstick.
 2. Sluice: a real `sluice serve` (SQLite, local buckets, process executor); FILES small files are
-   uploaded over HTTP (16 at a time); every upload is acknowledged only after its job is committed.
+   uploaded over HTTP (16 at a time, by a lean client: `lean_uploads.py`, or with `--client aiohttp`
+   by aiohttp); every upload is acknowledged only after its job is committed.
    Reports upload acceptance rate and jobs/s from the first upload to the last job's end. Then
    PACED more uploads at 50/s give upload-to-start latency (job start minus its durable
    acceptance, both server-side) with no backlog in front of them.
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import lean_uploads
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.server import PASSWORD, ServerProcess
@@ -103,7 +106,9 @@ def basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-async def upload_all(endpoint: str, files: int) -> tuple[float, float]:
+async def upload_all(endpoint: str, files: int, client_kind: str = "aiohttp") -> tuple[float, float]:
+    """Creates the service, then uploads FILES files 16 at a time with the chosen client; returns
+    the wall-clock start and end of the uploads."""
     async with session(endpoint) as client:
         async with client.post(
             "/system/services",
@@ -124,7 +129,11 @@ async def upload_all(endpoint: str, files: int) -> tuple[float, float]:
                 await r.read()
 
         started = time.time()  # wall clock: compared with the server's job timestamps
-        await asyncio.gather(*(put(i) for i in range(files)))
+        if client_kind == "lean":
+            keys = [f"in/f{i}.txt" for i in range(files)]
+            await lean_uploads.upload_burst(endpoint, basic_auth(*AUTH), keys, concurrency=16)
+        else:
+            await asyncio.gather(*(put(i) for i in range(files)))
         return started, time.time()
 
 
@@ -222,14 +231,17 @@ class Round:
     baseline_steal: float = float("nan")
 
 
-def sluice_round(data_dir: Path, files: int) -> tuple[Round, ServerProcess]:
+def sluice_round(data_dir: Path, files: int, client: str = "lean") -> tuple[Round, ServerProcess]:
     """One burst of FILES uploads on a fresh server; the server is returned still running."""
     server = ServerProcess(data_dir, extra_args=("--reconcile-interval", "0")).start()
     assert server.process is not None
     try:
         server_before, client_before = process_cpu(server.process.pid), os.times()
         machine_before = machine_ticks()
-        up_start, up_end = asyncio.run(upload_all(server.endpoint, files))
+        if client == "lean":  # on uvloop, as the server: the cheapest loop for the client too
+            up_start, up_end = uvloop.run(upload_all(server.endpoint, files, "lean"))
+        else:
+            up_start, up_end = asyncio.run(upload_all(server.endpoint, files, "aiohttp"))
         jobs = asyncio.run(wait_done(server.endpoint, files))
         server_after, client_after = process_cpu(server.process.pid), os.times()
         steal = stolen_since(machine_before)
@@ -275,6 +287,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--paced", type=int, default=200, help="uploads at 50/s for the latency figure")
     parser.add_argument("--rounds", type=int, default=3, help="baseline and Sluice alternate this many times")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="the burst's load generator: lean (uvloop + httptools, the default) or aiohttp "
+        "(what runs before 2026-12-07 used; about ten times the CPU per upload)",
+    )
     args = parser.parse_args()
     rounds: list[Round] = []
     # Nothing is deleted until the end: on some filesystems a burst of deletions slows every
@@ -283,7 +302,7 @@ def main() -> None:
         work = Path(tmp)
         for index in range(args.rounds):
             base_rate, base_cpu, base_steal = baseline(args.files, work / f"base-{index}")
-            measured, server = sluice_round(work / f"data-{index}", args.files)
+            measured, server = sluice_round(work / f"data-{index}", args.files, args.client)
             measured.baseline, measured.baseline_cpu = base_rate, base_cpu
             measured.baseline_steal = base_steal
             rounds.append(measured)
