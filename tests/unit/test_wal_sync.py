@@ -26,7 +26,7 @@ def test_commits_written_during_a_sync_wait_for_the_next_one(
     real_sync = WalSync._sync_file
 
     def held_sync(syncer: WalSync) -> None:
-        started.append(syncer.last_written)
+        started.append(syncer.last_durable)
         release.wait(10)
         real_sync(syncer)
 
@@ -40,10 +40,10 @@ def test_commits_written_during_a_sync_wait_for_the_next_one(
             await syncer.durable(commit)
             done.append(name)
 
-        first = asyncio.create_task(durable("first", syncer.written()))
+        first = asyncio.create_task(durable("first", syncer.written(True)))
         await asyncio.sleep(0.05)  # the first sync has begun, held
-        second = asyncio.create_task(durable("second", syncer.written()))
-        third = asyncio.create_task(durable("third", syncer.written()))
+        second = asyncio.create_task(durable("second", syncer.written(True)))
+        third = asyncio.create_task(durable("third", syncer.written(True)))
         await asyncio.sleep(0.05)
         assert done == []
         release.set()
@@ -76,7 +76,7 @@ def test_a_failed_sync_fails_its_waiters_and_the_next_one_retries(
     syncer = WalSync(str(log))
 
     async def scenario() -> None:
-        commit = syncer.written()
+        commit = syncer.written(True)
         with pytest.raises(OSError, match="Input/output error"):
             await syncer.durable(commit)
         await syncer.durable(commit)  # the disk recovered: a new sync
@@ -93,7 +93,7 @@ def test_a_log_that_is_not_there_is_an_error(tmp_path: Path) -> None:
     syncer = WalSync(str(tmp_path / "gone-wal"))
     try:
         with pytest.raises(FileNotFoundError):
-            asyncio.run(syncer.durable(syncer.written()))
+            asyncio.run(syncer.durable(syncer.written(True)))
     finally:
         syncer.close()
 
@@ -103,11 +103,11 @@ def test_a_new_log_file_is_synced_through_a_new_descriptor(tmp_path: Path) -> No
     log.write_bytes(b"old log")
 
     async def scenario(syncer: WalSync) -> None:
-        await syncer.durable(syncer.written())
+        await syncer.durable(syncer.written(True))
         replacement = tmp_path / "new-wal"
         replacement.write_bytes(b"new log")
         replacement.replace(log)  # SQLite removed the old log and made another
-        await syncer.durable(syncer.written())
+        await syncer.durable(syncer.written(True))
 
     syncer = WalSync(str(log))
     try:

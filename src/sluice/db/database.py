@@ -84,13 +84,13 @@ class Database:
         in a thread on every database, so the event loop goes on meanwhile."""
         result = await self._in_thread(fn, args, kwargs)
         if self._loop is not None:  # it may have read the loop's commits: they must be on disk
-            await self._loop.wal.durable(self._loop.wal.last_written)
+            await self._loop.wal.durable(self._loop.wal.last_durable)
         return result
 
     async def _call(self, fn: Callable[..., T], args: Any, kwargs: Any, *, durable: bool) -> T:
         if self._loop is None:
             return await self._in_thread(fn, args, kwargs)
-        ran = self._loop.run(fn, args, kwargs)
+        ran = self._loop.run(fn, args, kwargs, durable)
         if ran is None:  # handed to the thread: its commit is durable when it returns
             return await self._in_thread(fn, args, kwargs)
         result, commit = ran

@@ -128,10 +128,11 @@ class LoopTransactions:
         # log may have been checkpointed when it stopped).
         self.handing_off = True
 
-    def run(self, fn: Callable[..., T], args: Any, kwargs: Any) -> tuple[T, int] | None:
-        """`fn` in a transaction here: (its result, the number of the last commit it may have
-        read or written, for `WalSync.durable`), or None when it must run in the thread instead
-        (the database was locked, or a checkpoint just ran): rolled back, nothing done."""
+    def run(self, fn: Callable[..., T], args: Any, kwargs: Any, durable: bool) -> tuple[T, int] | None:
+        """`fn` in a transaction here: (its result, the number of the commit to wait for before
+        answering with it, for `WalSync.durable`: its own, or the last durable one it may have
+        read), or None when it must run in the thread instead (the database was locked, or a
+        checkpoint just ran): rolled back, nothing done."""
         if self.handing_off:
             return None
         with self._lock:
@@ -147,11 +148,11 @@ class LoopTransactions:
                     return None
                 raise
         if not changed:  # it may have read commits not yet synced: it waits for them too
-            return result, self.wal.last_written
+            return result, self.wal.last_durable
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._start_checkpoint()
-        return result, self.wal.written()
+        return result, self.wal.written(durable)
 
     def ran_in_thread(self, changed: bool) -> None:
         """A transaction handed to the thread ended; one that wrote started the log afresh if

@@ -28,17 +28,23 @@ class WalSync:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-wal-sync")
         self._written = 0  # commits written to the log so far
         self._synced = 0  # of those, how many are known to be on the disk
+        self._last_durable = 0  # the last of them whose writer waits for it to be on the disk
         self._sync: asyncio.Task[None] | None = None
         self._descriptor: int | None = None  # used by the sync thread only
 
     @property
-    def last_written(self) -> int:
-        """The number of the last commit written: a reader waits for it, as it may have seen it."""
-        return self._written
+    def last_durable(self) -> int:
+        """The last commit made durable on request: a reader waits for it, as it may have seen
+        it and must not answer with what a power cut could undo. (Commits that are safe to redo,
+        job progress, are not waited for: their readers accept that they may be undone.)"""
+        return self._last_durable
 
-    def written(self) -> int:
-        """Note one more commit written to the log; returns its number, for `durable`."""
+    def written(self, durable: bool) -> int:
+        """Note one more commit written to the log (`durable`: its writer will wait for it);
+        returns its number, for `durable()`."""
         self._written += 1
+        if durable:
+            self._last_durable = self._written
         return self._written
 
     async def durable(self, commit: int) -> None:
