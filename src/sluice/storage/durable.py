@@ -50,12 +50,9 @@ def sync_files(paths: Iterable[str], root: str) -> None:
                 folders.add(folder)
                 folder = os.path.dirname(folder)
     for folder in sorted(folders, key=len, reverse=True):  # the deepest first
-        try:
-            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in GONE:
-                continue
-            raise
+        descriptor = _open_if_there(folder, os.O_DIRECTORY)
+        if descriptor is None:
+            continue
         try:
             os.fsync(descriptor)
         finally:
@@ -68,12 +65,9 @@ def _sync_together(paths: list[str]) -> set[str]:
     folders: set[str] = set()
     try:
         for path in paths:
-            try:
-                descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as exc:
-                if exc.errno in GONE:
-                    continue
-                raise
+            descriptor = _open_if_there(path, os.O_NOFOLLOW)
+            if descriptor is None:
+                continue
             descriptors.append(descriptor)
             folders.add(os.path.dirname(path))
             if _SYNC_FILE_RANGE is not None:
@@ -84,3 +78,13 @@ def _sync_together(paths: list[str]) -> set[str]:
         for descriptor in descriptors:
             os.close(descriptor)
     return folders
+
+
+def _open_if_there(path: str, flags: int) -> int | None:
+    """A read-only descriptor of `path`, or None if it is no longer there (see GONE)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    except OSError as exc:
+        if exc.errno in GONE:
+            return None
+        raise
