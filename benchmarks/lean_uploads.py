@@ -38,6 +38,10 @@ class _Connection(asyncio.Protocol):
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(exc or ConnectionError("the server closed the connection"))
 
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
     async def send(self, request: bytes) -> int:
         assert self._transport is not None
         self._answer = asyncio.get_running_loop().create_future()
@@ -61,19 +65,26 @@ async def upload_burst(endpoint: str, authorization: str, keys: list[str], concu
         line = f"PUT /v1/buckets/bench/objects/{key} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n"
         requests.append(line.encode() + body)
     loop = asyncio.get_running_loop()
-    connections = [
-        (await loop.create_connection(_Connection, host, port))[1] for _ in range(min(concurrency, len(keys)))
-    ]
+
+    async def connect() -> _Connection:
+        return (await loop.create_connection(_Connection, host, port))[1]
+
     upcoming = iter(range(len(requests)))
 
-    async def worker(connection: _Connection) -> None:
-        for index in upcoming:  # shared: each request goes to whichever connection is free
-            status = await connection.send(requests[index])
-            if status != 201:
-                raise RuntimeError(f"upload of {keys[index]} answered {status}")
-
-    try:
-        await asyncio.gather(*(worker(connection) for connection in connections))
-    finally:
-        for connection in connections:
+    async def worker() -> None:
+        connection = await connect()
+        try:
+            for index in upcoming:  # shared: each request goes to whichever connection is free
+                if not connection.open:  # the server closed it between two requests: a new one
+                    connection = await connect()
+                # A connection lost during a request fails the run: sent again, the upload could
+                # make a second job.
+                status = await connection.send(requests[index])
+                if status != 201:
+                    raise RuntimeError(f"upload of {keys[index]} answered {status}")
+        finally:
             connection.close()
+
+    async with asyncio.TaskGroup() as workers:  # the first failure cancels the others
+        for _ in range(min(concurrency, len(keys))):
+            workers.create_task(worker())

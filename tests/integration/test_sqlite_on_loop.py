@@ -108,6 +108,32 @@ def test_nothing_is_answered_before_the_log_is_on_the_disk(
         db.close()
 
 
+def test_a_read_handed_to_the_thread_waits_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a checkpoint (or on a locked database) transactions run in the thread; a read there
+    may see the same unsynced durable commit, and must wait for it as on the loop."""
+    db = sqlite_db(tmp_path)
+    asyncio.run(db.call(q.enqueue_many, [new_job(0)], NOW))  # the first write, in the thread
+    held = HeldSyncs(monkeypatch)
+
+    async def scenario() -> None:
+        write = asyncio.create_task(db.call(q.enqueue_many, [new_job(1)], NOW))
+        await asyncio.get_running_loop().run_in_executor(None, held.started.wait, 10)
+        assert db._loop is not None
+        db._loop.handing_off = True  # as right after a checkpoint
+        read = asyncio.create_task(db.call(count_jobs))
+        await asyncio.sleep(0.2)
+        assert not write.done() and not read.done()
+        held.release()
+        await write
+        assert await read == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        held.release()
+        db.close()
+
+
 def test_the_acceptor_syncs_the_files_before_it_commits_their_jobs(tmp_path: Path) -> None:
     """No job may name an upload a power cut could still lose: while the files' sync is held,
     their jobs are not in the database, and the uploads are not answered."""

@@ -460,6 +460,26 @@ def test_short_log_is_kept_whole(rt: Runtime) -> None:
     assert result.completed.output == "one\ntwo\nthree\n"
 
 
+def test_the_log_is_what_the_script_printed_whatever_it_did_to_the_log_file(rt: Runtime) -> None:
+    """The log is read from the file the script's output went to, not by its name: a script that
+    removes it and writes another of that name cannot put words in its own log. Its output is
+    write-only to it."""
+    script = (
+        "echo first\n"
+        "rm -f output.log && echo forged > output.log\n"
+        "if cat <&1 >/dev/null 2>&1; then echo readable; else echo write-only; fi\n"
+    )
+    result = rt.run(service(script))
+    assert result.succeeded
+    assert result.completed.output == "first\nwrite-only\n"
+
+
+def test_a_script_that_removes_its_own_file_does_not_break_the_next_job(rt: Runtime) -> None:
+    spec = service('echo ran\nrm -f -- "$0"\n')
+    assert rt.run(spec).completed.output == "ran\n"
+    assert rt.run(spec).completed.output == "ran\n"  # its file is written again
+
+
 # --- payload invocations -------------------------------------------------------------------------
 
 PAYLOAD_SCRIPT = """\

@@ -26,7 +26,7 @@ def test_commits_written_during_a_sync_wait_for_the_next_one(
     real_sync = WalSync._sync_file
 
     def held_sync(syncer: WalSync) -> None:
-        started.append(syncer.last_durable)
+        started.append(syncer.last_written)
         release.wait(10)
         real_sync(syncer)
 
@@ -42,6 +42,7 @@ def test_commits_written_during_a_sync_wait_for_the_next_one(
 
         first = asyncio.create_task(durable("first", syncer.written(True)))
         await asyncio.sleep(0.05)  # the first sync has begun, held
+        syncer.written(False)  # job progress: nobody waits for it, the next sync covers it
         second = asyncio.create_task(durable("second", syncer.written(True)))
         third = asyncio.create_task(durable("third", syncer.written(True)))
         await asyncio.sleep(0.05)
@@ -52,9 +53,9 @@ def test_commits_written_during_a_sync_wait_for_the_next_one(
 
     try:
         assert asyncio.run(scenario()) == ["first", "second", "third"]
-        # Two syncs for three commits: the second and third were written after the first sync
-        # began, so it could not cover them; one more covered both.
-        assert started == [1, 3]
+        # Two syncs for four commits: the last three were written after the first sync began, so
+        # it could not cover them; one more covered them all.
+        assert started == [1, 4]
     finally:
         syncer.close()
 

@@ -82,23 +82,22 @@ class Database:
     async def call_bulk(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Like `call`, for work that may read or change many rows (listings, mass deletions):
         in a thread on every database, so the event loop goes on meanwhile."""
-        result = await self._in_thread(fn, args, kwargs)
-        if self._loop is not None:  # it may have read the loop's commits: they must be on disk
-            await self._loop.wal.durable(self._loop.wal.last_durable)
-        return result
+        return await self._in_thread(fn, args, kwargs, durable=True)
 
     async def _call(self, fn: Callable[..., T], args: Any, kwargs: Any, *, durable: bool) -> T:
         if self._loop is None:
             return await self._in_thread(fn, args, kwargs)
         ran = self._loop.run(fn, args, kwargs, durable)
-        if ran is None:  # handed to the thread: its commit is durable when it returns
-            return await self._in_thread(fn, args, kwargs)
+        if ran is None:  # handed to the thread: its own commit is durable when it returns
+            return await self._in_thread(fn, args, kwargs, durable=durable)
         result, commit = ran
         if durable:
             await self._loop.wal.durable(commit)
         return result
 
-    async def _in_thread(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+    async def _in_thread(self, fn: Callable[..., T], args: Any, kwargs: Any, *, durable: bool = False) -> T:
+        """`fn` in the thread. With `durable`, a transaction there that only read waits, as on
+        the loop, for the durable commits it may have seen (one that wrote synced them all)."""
         loop = asyncio.get_running_loop()
         if not self.is_sqlite:
             task = functools.partial(self.run_sync, fn, *args, **kwargs)
@@ -107,6 +106,8 @@ class Database:
         result, changed = await loop.run_in_executor(self._threads, task)
         if self._loop is not None:
             self._loop.ran_in_thread(changed)
+            if durable and not changed:
+                await self._loop.wal.durable(self._loop.wal.last_durable)
         return result
 
     def close(self) -> None:

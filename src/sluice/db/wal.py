@@ -33,6 +33,11 @@ class WalSync:
         self._descriptor: int | None = None  # used by the sync thread only
 
     @property
+    def last_written(self) -> int:
+        """How many commits were written to the log so far."""
+        return self._written
+
+    @property
     def last_durable(self) -> int:
         """The last commit made durable on request: a reader waits for it, as it may have seen
         it and must not answer with what a power cut could undo. (Commits that are safe to redo,

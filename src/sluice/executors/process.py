@@ -150,17 +150,28 @@ async def _spawn_in_loop(
     no worker thread, no thread hop (a fifth of the platform's CPU per job, measured). Returns
     its exit code, whether it timed out, and its log.
 
-    In its own session, so a kill reaches whatever the script started. Its log is read through
-    the descriptor it was given: whatever the script did to the log's name, only its own output
-    is read, and an empty log is seen without reading.
+    In its own session, so a kill reaches whatever the script started. Its log is read from the
+    file it was given to write (whatever the script did to the log's name since): an empty log
+    is seen without opening it again; else it is read through a read-only descriptor of its own.
     """
-    log_fd = open_for_rewrite(log_path, readable=True)
+    log_fd = open_for_rewrite(log_path)
     try:
         os.ftruncate(log_fd, 0)
         exit_code, timed_out = await _start_and_wait(script, invocation, env, log_fd)
-        return exit_code, timed_out, read_capped_from(log_fd, invocation.log_limit)
+        return exit_code, timed_out, _read_log(log_fd, invocation.log_limit)
     finally:
         os.close(log_fd)
+
+
+def _read_log(write_fd: int, limit: int) -> str:
+    if os.fstat(write_fd).st_size == 0:  # the common case: a script that printed nothing
+        return ""
+    # The same file, read-only (the script's own descriptor can only write), on Linux's /proc.
+    read_fd = os.open(f"/proc/self/fd/{write_fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return read_capped_from(read_fd, limit)
+    finally:
+        os.close(read_fd)
 
 
 async def _start_and_wait(

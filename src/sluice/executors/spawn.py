@@ -12,7 +12,6 @@ fallback: correct, only holding the lock longer.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -134,7 +133,6 @@ def _c_string(text: str) -> bytes:
     return encoded
 
 
-@functools.lru_cache(maxsize=4096)  # most of a job's variables are its service's, the same each time
 def _variable(name: str, value: str) -> bytes:
     if not name or "=" in name:
         raise ValueError(f"illegal environment variable name {name!r}")

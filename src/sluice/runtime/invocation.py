@@ -165,7 +165,7 @@ async def _stage_input(
     trigger: InvocationInput, spec: ServiceSpec, storage: StorageRouter, workspace: Workspace
 ) -> Path:
     if trigger.bucket and trigger.key:
-        name = trigger.key.rsplit("/", 1)[-1]  # (PurePosixPath.name cost more than the rest here)
+        name = trigger.key.rstrip("/").rsplit("/", 1)[-1]  # (PurePosixPath.name cost more here)
         if name in ("", ".", ".."):  # a key from a storage event, not one of ours: no plain name
             name = trigger.job_id
         dest = workspace.input_path(name)

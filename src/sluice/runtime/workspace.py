@@ -159,7 +159,7 @@ class WorkspacePool:
     def script(self, content: str) -> Path:
         """A file holding `content`, written once and shared by every job of the same script."""
         known = self._script_paths.get(content)
-        if known is not None:
+        if known is not None and os.path.exists(known):  # a script may have removed its own file
             return known
         if len(self._script_paths) >= MAX_WORKSPACES * 16:  # services edited many times
             self._script_paths.clear()

@@ -20,8 +20,8 @@ import shutil
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
-_REUSE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REUSE = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def is_plain_file(stat: os.stat_result) -> bool:
@@ -29,20 +29,18 @@ def is_plain_file(stat: os.stat_result) -> bool:
     return S_ISREG(stat.st_mode) and stat.st_nlink == 1
 
 
-def open_for_rewrite(path: Path | str, *, readable: bool = False) -> int:
-    """A descriptor that writes `path` from its start, on its old inode when that is a plain file;
-    `readable`: it reads too.
+def open_for_rewrite(path: Path | str) -> int:
+    """A descriptor that writes `path` from its start, on its old inode when that is a plain file.
 
     The caller writes, then calls `os.ftruncate(fd, length)` to drop what is left of the old content.
     """
-    mode = os.O_RDWR if readable else os.O_WRONLY
     try:
         before = os.lstat(path)
     except FileNotFoundError:
-        return os.open(path, _CREATE | mode, 0o644)
+        return os.open(path, _CREATE, 0o644)
     if is_plain_file(before):
         with contextlib.suppress(OSError):
-            fd = os.open(path, _REUSE | mode)
+            fd = os.open(path, _REUSE)
             try:
                 after = os.fstat(fd)
                 if after.st_ino == before.st_ino and is_plain_file(after):  # not swapped meanwhile
@@ -52,7 +50,7 @@ def open_for_rewrite(path: Path | str, *, readable: bool = False) -> int:
                 pass
             os.close(fd)
     remove(path)
-    return os.open(path, _CREATE | mode, 0o644)
+    return os.open(path, _CREATE, 0o644)
 
 
 def rewrite(path: Path | str, data: bytes) -> None:
