@@ -66,7 +66,7 @@ class Acceptor:
                 rows = [job for item in batch for job in item.new_jobs]
                 files = [path for item in batch for path in item.files]
                 try:
-                    if files and self._make_durable is not None:  # (to_thread's context copy: not needed)
+                    if files and self._make_durable is not None:  # run_in_executor: no context to copy
                         await asyncio.get_running_loop().run_in_executor(None, self._make_durable, files)
                     accepted = await self._db.call(job_sql.enqueue_many, rows, time.time()) if rows else []
                 except Exception as exc:
