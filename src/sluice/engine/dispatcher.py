@@ -26,6 +26,7 @@ from sluice.engine.recorder import Operation, Recorder
 from sluice.engine.retry import RetryStrategy
 from sluice.errors import SluiceError
 from sluice.executors.base import Executor
+from sluice.executors.slots import Slots
 from sluice.metrics import Metrics
 from sluice.replicas.manager import ReplicaManager
 from sluice.runtime.invocation import InvocationInput, invoke, invoke_handler
@@ -70,7 +71,7 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task[None]] = {}  # until the outcome is recorded
         # A slot is held only while a script runs; twice as many jobs are claimed, so the next
         # ones stage their input while the current ones run.
-        self._slots = asyncio.Semaphore(slots)
+        self._slots = Slots(slots) if slots > 0 else None
         self._capacity = slots * PREFETCH
         self._wakeup = asyncio.Event()
         self._recording = 0  # jobs whose outcome waits in the recorder
@@ -216,7 +217,7 @@ class Dispatcher:
                     storage=self.storage,
                     workspace=workspace,
                     call=self.replicas.caller(record),
-                    gate=self._slots,
+                    slots=self._slots,
                 )
             else:
                 result = await invoke(
@@ -229,7 +230,7 @@ class Dispatcher:
                     script=self.workspaces.script(record.spec.script),
                     default_timeout=self.default_timeout,
                     log_limit=self.log_limit,
-                    gate=self._slots,
+                    slots=self._slots,
                 )
         except SluiceError as exc:  # e.g. the input object vanished, a store is unreachable
             self.metrics.jobs.labels(job.service, "failed").inc()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from sluice.executors.slots import Slots
+
 # Every invocation's stdout and stderr, in its working directory; the workspace keeps the file
 # from one job to the next (see sluice.storage.files).
 LOG_FILE = "output.log"
@@ -62,8 +64,9 @@ class Executor(Protocol):
     name: str
     capabilities: Capabilities
 
-    async def run(self, invocation: Invocation) -> Completed:
-        """Run to completion. Cancelling the awaiting task kills the invocation."""
+    async def run(self, invocation: Invocation, slots: Slots | None = None) -> Completed:
+        """Run to completion, holding one of `slots` (if given) only while the command runs.
+        Cancelling the awaiting task kills the invocation."""
         ...
 
     def describe(self) -> str:

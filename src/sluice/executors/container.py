@@ -28,6 +28,7 @@ from sluice.errors import ExecutorError
 from sluice.executors.base import LOG_FILE, Capabilities, Completed, Invocation
 from sluice.executors.process import read_capped
 from sluice.executors.registry import MissingCredentials, auth_file_for
+from sluice.executors.slots import Slots
 from sluice.executors.warm import ENGINE_FAILED, ENV_NAME, SHELL_LOOP, ContainerGone, WarmContainers
 from sluice.replicas.process import ContainerCommands
 from sluice.storage.files import open_for_rewrite
@@ -152,7 +153,11 @@ class ContainerExecutor:
             await self._housekeeping(*self._remove(*ids))
         return len(ids)
 
-    async def run(self, invocation: Invocation) -> Completed:
+    async def run(self, invocation: Invocation, slots: Slots | None = None) -> Completed:
+        async with slots or contextlib.nullcontext():
+            return await self._run(invocation)
+
+    async def _run(self, invocation: Invocation) -> Completed:
         started = time.monotonic()
         if invocation.gpu and not self.capabilities.gpus:
             return Completed(

@@ -31,6 +31,7 @@ from stat import S_ISREG
 
 from sluice.children import PIDFDS
 from sluice.executors.base import LOG_FILE, Capabilities, Completed, Invocation
+from sluice.executors.slots import Slots
 from sluice.executors.spawn import spawn_in_new_session
 from sluice.storage.files import open_for_rewrite
 
@@ -103,17 +104,21 @@ class ProcessExecutor:
     async def forget_workspace(self, workdir: Path) -> None:
         """Nothing outlives an invocation in a workspace."""
 
-    async def run(self, invocation: Invocation) -> Completed:
+    async def run(self, invocation: Invocation, slots: Slots | None = None) -> Completed:
         argv = invocation.argv
         # The service's variables and the contract's may override the inherited ones (PATH too).
         env = {**self._host_env, **invocation.env}
         log_path = os.path.join(invocation.workdir, LOG_FILE)
-        started = time.monotonic()
         if SPAWN_IN_LOOP and argv[0] == "/bin/sh" and len(argv) == 2:
-            exit_code, timed_out, output = await _spawn_in_loop(argv[1], invocation, env, log_path)
+            exit_code, timed_out, output, duration = await _spawn_in_loop(
+                argv[1], invocation, env, log_path, slots
+            )
         else:
             invocation = dataclasses.replace(invocation, env=env)
-            exit_code, timed_out = await self._spawn_in_thread(argv, invocation, Path(log_path))
+            async with slots or contextlib.nullcontext():
+                started = time.monotonic()
+                exit_code, timed_out = await self._spawn_in_thread(argv, invocation, Path(log_path))
+                duration = time.monotonic() - started
             output = read_capped(log_path, invocation.log_limit)
         if timed_out:
             output += f"\n[sluice] killed after the {invocation.timeout:g} s timeout\n"
@@ -121,7 +126,7 @@ class ProcessExecutor:
             exit_code=None if timed_out else exit_code,
             output=output,
             timed_out=timed_out,
-            duration=time.monotonic() - started,
+            duration=duration,
         )
 
     async def _spawn_in_thread(
@@ -144,11 +149,11 @@ class ProcessExecutor:
 
 
 async def _spawn_in_loop(
-    script: str, invocation: Invocation, env: dict[str, str], log_path: str
-) -> tuple[int, bool, str]:
+    script: str, invocation: Invocation, env: dict[str, str], log_path: str, slots: Slots | None
+) -> tuple[int, bool, str, float]:
     """`/bin/sh script` started with posix_spawn from the event loop and awaited through a pidfd:
     no worker thread, no thread hop (a fifth of the platform's CPU per job, measured). Returns
-    its exit code, whether it timed out, and its log.
+    its exit code, whether it timed out, its log and how long it ran.
 
     In its own session, so a kill reaches whatever the script started. Its log is read from the
     file it was given to write (whatever the script did to the log's name since): an empty log
@@ -157,8 +162,9 @@ async def _spawn_in_loop(
     log_fd = open_for_rewrite(log_path)
     try:
         os.ftruncate(log_fd, 0)
-        exit_code, timed_out = await _start_and_wait(script, invocation, env, log_fd)
-        return exit_code, timed_out, _read_log(log_fd, invocation.log_limit)
+        run = _ScriptRun(_shell_argv(script, invocation), env, log_fd, slots)
+        exit_code, timed_out = await run.wait(invocation.timeout)
+        return exit_code, timed_out, _read_log(log_fd, invocation.log_limit), run.duration
     finally:
         os.close(log_fd)
 
@@ -174,40 +180,91 @@ def _read_log(write_fd: int, limit: int) -> str:
         os.close(read_fd)
 
 
-async def _start_and_wait(
-    script: str, invocation: Invocation, env: dict[str, str], log_fd: int
-) -> tuple[int, bool]:
-    pid = spawn_in_new_session("/bin/sh", _shell_argv(script, invocation), env, log_fd)
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # out of descriptors, say: the script must not run on unwatched
-        _kill_group(pid)
-        await loop.run_in_executor(None, os.waitpid, pid, 0)
-        raise
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
-    timed_out = False
-    try:
+class _ScriptRun:
+    """One script from its start to its reaping. It starts when `slots` grant it a slot (maybe
+    inside another script's end, see `Slots`) and gives the slot back the moment its own end is
+    seen, before its job's task even resumes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_fd: int, slots: Slots | None) -> None:
+        self._argv = argv
+        self._env = env
+        self._log_fd = log_fd
+        self._slots = slots
+        self._loop = asyncio.get_running_loop()
+        self.pid: int | None = None
+        self._pidfd = -1
+        self._exited = self._loop.create_future()
+        self._started = 0.0
+        self.duration = 0.0
+
+    def _begin(self) -> None:
+        pid = spawn_in_new_session("/bin/sh", self._argv, self._env, self._log_fd)
         try:
-            async with asyncio.timeout(invocation.timeout):
-                await asyncio.shield(exited)
-        except TimeoutError:
-            timed_out = True
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # out of descriptors, say: the script must not run on unwatched
             _kill_group(pid)
-            await exited  # a killed process ends at once
-        except BaseException:  # cancelled: kill, collect, go on cancelling
-            _kill_group(pid)
-            await asyncio.shield(exited)
+            self._loop.run_in_executor(None, os.waitpid, pid, 0)
             raise
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        _kill_group(pid)  # what the script left in the background ends with it (the group is its)
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-        if not reaped:  # cancelled twice before it was seen to end: collect it off the loop
-            loop.run_in_executor(None, os.waitpid, pid, 0)
-    return os.waitstatus_to_exitcode(status), timed_out
+        self._started = time.monotonic()
+        self.pid, self._pidfd = pid, pidfd
+        self._loop.add_reader(pidfd, self._ended)
+
+    def _ended(self) -> None:
+        self._stop_watching()
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    def _stop_watching(self) -> None:
+        """Once: stop watching the pidfd and free the slot (the next script may start now)."""
+        if self._pidfd >= 0:
+            self.duration = time.monotonic() - self._started
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+            if self._slots is not None:
+                self._slots.release()
+
+    async def wait(self, timeout: float) -> tuple[int, bool]:
+        """Start (once a slot is free), wait for the end within `timeout`, reap: (exit code,
+        timed out). Cancelled, the script is killed and, unless cancelled again, collected."""
+        try:
+            if self._slots is None:
+                self._begin()
+            else:
+                await self._slots.start(self._begin)
+        except BaseException:
+            if self.pid is not None:  # cancelled just after its slot was granted: it started
+                await self._collect(killed=True)
+            raise
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._exited)
+        except TimeoutError:
+            timed_out = True  # killed below: a killed process ends at once
+        except BaseException:  # cancelled: kill, collect, go on cancelling
+            await self._collect(killed=True)
+            raise
+        status = await self._collect(killed=timed_out)
+        return os.waitstatus_to_exitcode(status), timed_out
+
+    async def _collect(self, *, killed: bool) -> int:
+        """Reap the script (killed first if `killed`) and end what it left in the background
+        (the group is its own); its wait status. Cancelled before it is seen to end, the slot
+        is freed anyway and the script reaped off the loop."""
+        pid = self.pid
+        assert pid is not None
+        try:
+            if killed:
+                _kill_group(pid)
+                await asyncio.shield(self._exited)
+        finally:
+            self._stop_watching()
+            _kill_group(pid)
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+            if not reaped:
+                self._loop.run_in_executor(None, os.waitpid, pid, 0)
+        return status
 
 
 def _shell_argv(script: str, invocation: Invocation) -> list[str]:

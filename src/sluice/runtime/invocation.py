@@ -17,7 +17,6 @@ import mimetypes
 import os
 import re
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -25,6 +24,7 @@ from urllib.parse import parse_qsl, quote
 
 from sluice.errors import InvocationFailed
 from sluice.executors.base import Completed, Executor, Invocation
+from sluice.executors.slots import Slots
 from sluice.runtime.workspace import Workspace
 from sluice.spec.service import ServiceSpec
 from sluice.storage.base import join_key
@@ -71,20 +71,20 @@ async def invoke(
     script: Path,
     default_timeout: float,
     log_limit: int,
-    gate: AbstractAsyncContextManager[object] | None = None,
+    slots: Slots | None = None,
     capture_outputs: bool = False,
 ) -> InvocationResult:
     """Run one invocation in `workspace` (empty folders, emptied again by its pool afterwards).
 
-    `gate`, if given, is held only while the script runs (an execution slot): staging the input
-    and uploading outputs overlap with other jobs' scripts. `capture_outputs` also returns the
-    output files' contents (a synchronous call answers with them).
+    `slots`, if given, bound how many scripts run at once: one is held only while the script
+    runs, so staging the input and uploading outputs overlap with other jobs' scripts.
+    `capture_outputs` also returns the output files' contents (a synchronous call answers with
+    them).
     """
     input_path = await _stage_input(trigger, spec, storage, workspace)
     env = _environment(trigger, spec, token, input_path, workspace.input_dir, workspace.output_dir)
     invocation = script_invocation(spec, script, workspace, env, default_timeout, log_limit)
-    async with gate or contextlib.nullcontext():
-        completed = await executor.run(invocation)
+    completed = await executor.run(invocation, slots)
     if completed.exit_code != 0:
         return InvocationResult(completed, [])
     files = _read_outputs(workspace.output_dir) if capture_outputs else {}
@@ -129,7 +129,7 @@ async def invoke_handler(
     storage: StorageRouter,
     workspace: Workspace,
     call: HandlerCall,
-    gate: AbstractAsyncContextManager[object] | None = None,
+    slots: Slots | None = None,
 ) -> InvocationResult:
     """A job of a handler service: the input goes to a warm replica instead of a script, and the
     answer becomes one output, named after the input with the answer's extension
@@ -140,7 +140,7 @@ async def invoke_handler(
         content_type = mimetypes.guess_type(input_path.name)[0] or "application/octet-stream"
     else:
         content_type = "application/json" if _is_json(data) else "application/octet-stream"
-    async with gate or contextlib.nullcontext():
+    async with slots or contextlib.nullcontext():
         status, answer_type, body = await call(data, content_type)
     if status >= 400:  # a Response(..., status=4xx/5xx): the handler refused the input
         detail = body[:2000].decode(errors="replace")
