@@ -76,6 +76,8 @@ def test_a_waiter_cancelled_while_queued_never_starts() -> None:
         await later
         assert started == ["later"]
         assert cancelled.cancelled()
+        slots.release()
+        assert slots.free == 1
 
     asyncio.run(scenario())
 
@@ -111,5 +113,17 @@ def test_async_with_holds_a_slot_for_the_block() -> None:
 
         await asyncio.gather(*(work(i) for i in range(4)))
         assert most == 1 and slots.free == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_released_that_was_not_taken_is_refused() -> None:
+    async def scenario() -> None:
+        slots = Slots(2)
+        await slots.acquire()
+        slots.release()
+        with pytest.raises(RuntimeError, match="not taken"):
+            slots.release()
+        assert slots.free == 2
 
     asyncio.run(scenario())

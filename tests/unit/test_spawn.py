@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import sys
 import threading
 import time
@@ -146,3 +147,42 @@ def _spawns_the_spinner_advanced_in(tmp_path: Path, spawns: int = 50) -> int:
         spinner.join()
         os.close(fd)
     return advanced
+
+
+def test_a_descriptor_number_used_again_writes_to_its_new_file(way: str, tmp_path: Path) -> None:
+    """The libc way keeps its file actions per descriptor number: they name the number, so a
+    later file opened under the same number gets its own script's output, and a descriptor too
+    high to keep them for works too."""
+    outputs = []
+    for name in ("first", "second", "third"):
+        fd = os.open(tmp_path / name, os.O_WRONLY | os.O_CREAT)
+        try:
+            pid = spawn_in_new_session("/bin/sh", ["/bin/sh", "-c", f"echo {name}"], {}, fd)
+            os.waitpid(pid, 0)
+            outputs.append(fd)
+        finally:
+            os.close(fd)
+    assert len(set(outputs)) == 1, "the test needs the same number each time"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard > 1100, "this machine allows no descriptor above 1024"
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (max(soft, 1101) if soft != resource.RLIM_INFINITY else soft, hard)
+    )
+    try:
+        opened = os.open(tmp_path / "high", os.O_WRONLY | os.O_CREAT)
+        high = os.dup2(opened, 1100)
+        os.close(opened)
+        try:
+            pid = spawn_in_new_session("/bin/sh", ["/bin/sh", "-c", "echo high"], {}, high)
+            os.waitpid(pid, 0)
+        finally:
+            os.close(high)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [(tmp_path / n).read_text() for n in ("first", "second", "third", "high")] == [
+        "first\n",
+        "second\n",
+        "third\n",
+        "high\n",
+    ]
+    assert high not in spawn._ACTIONS

@@ -199,28 +199,39 @@ class _ScriptRun:
 
     def _begin(self) -> None:
         pid = spawn_in_new_session("/bin/sh", self._argv, self._env, self._log_fd)
+        pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
-        except OSError:  # out of descriptors, say: the script must not run on unwatched
+            self._loop.add_reader(pidfd, self._ended)
+        except BaseException:  # out of descriptors, say: the script must not run on unwatched
+            if pidfd >= 0:
+                os.close(pidfd)
             _kill_group(pid)
             self._loop.run_in_executor(None, os.waitpid, pid, 0)
             raise
         self._started = time.monotonic()
         self.pid, self._pidfd = pid, pidfd
-        self._loop.add_reader(pidfd, self._ended)
 
     def _ended(self) -> None:
-        self._stop_watching()
-        if not self._exited.done():
-            self._exited.set_result(None)
+        try:
+            self._stop_watching()
+        finally:
+            if not self._exited.done():
+                self._exited.set_result(None)
 
     def _stop_watching(self) -> None:
-        """Once: stop watching the pidfd and free the slot (the next script may start now)."""
-        if self._pidfd >= 0:
-            self.duration = time.monotonic() - self._started
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
+        """Once: stop watching the pidfd, end what the script left in the background (its group:
+        never more groups than slots) and free the slot, so the next script may start now."""
+        pidfd, self._pidfd = self._pidfd, -1
+        if pidfd < 0:
+            return
+        self.duration = time.monotonic() - self._started
+        try:
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+        finally:
+            if self.pid is not None:  # unreaped, so its group's number is still its own
+                _kill_group(self.pid)
             if self._slots is not None:
                 self._slots.release()
 
@@ -249,9 +260,8 @@ class _ScriptRun:
         return os.waitstatus_to_exitcode(status), timed_out
 
     async def _collect(self, *, killed: bool) -> int:
-        """Reap the script (killed first if `killed`) and end what it left in the background
-        (the group is its own); its wait status. Cancelled before it is seen to end, the slot
-        is freed anyway and the script reaped off the loop."""
+        """Reap the script (killed first if `killed`); its wait status. Cancelled before it is
+        seen to end, the slot is freed anyway and the script reaped off the loop."""
         pid = self.pid
         assert pid is not None
         try:
@@ -259,11 +269,12 @@ class _ScriptRun:
                 _kill_group(pid)
                 await asyncio.shield(self._exited)
         finally:
-            self._stop_watching()
-            _kill_group(pid)
-            reaped, status = os.waitpid(pid, os.WNOHANG)
-            if not reaped:
-                self._loop.run_in_executor(None, os.waitpid, pid, 0)
+            try:
+                self._stop_watching()
+            finally:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+                if not reaped:
+                    self._loop.run_in_executor(None, os.waitpid, pid, 0)
         return status
 
 

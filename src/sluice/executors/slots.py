@@ -68,7 +68,12 @@ class Slots:
             except BaseException:
                 self.release()
                 raise
-        return await self._queue(begin)
+        granted = self._queue(begin)
+        try:
+            return await granted
+        except BaseException:
+            granted.cancel()  # ended some other way than by cancelling it: out of the queue too
+            raise
 
     def _queue(self, begin: Callable[[], Any]) -> asyncio.Future[Any]:
         granted = asyncio.get_running_loop().create_future()
@@ -76,7 +81,8 @@ class Slots:
         return granted
 
     def release(self) -> None:
-        """Give a slot back: to the first waiter still waiting (its `begin` runs now), else free."""
+        """Give a slot back: to the first waiter still waiting (its `begin` runs now), else free.
+        RuntimeError if no slot was taken: a slot given back twice would raise the bound."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if waiter.granted.done():  # cancelled while it waited
@@ -88,6 +94,8 @@ class Slots:
                 continue
             waiter.granted.set_result(result)
             return
+        if self._free >= self.size:
+            raise RuntimeError("a slot was released that was not taken")
         self._free += 1
 
     async def acquire(self) -> None:
@@ -97,9 +105,10 @@ class Slots:
         granted = self._queue(_nothing)
         try:
             await granted
-        except asyncio.CancelledError:
+        except BaseException:
             if granted.done() and not granted.cancelled():  # granted just as it was cancelled
                 self.release()
+            granted.cancel()
             raise
 
     async def __aenter__(self) -> None:

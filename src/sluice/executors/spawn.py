@@ -98,14 +98,12 @@ def spawn_in_new_session(path: str, argv: Sequence[str], env: Mapping[str, str],
     args.append(None)  # argv and envp end with a null pointer
     environ: list[bytes | None] = [_variable(name, value) for name, value in env.items()]
     environ.append(None)
-    actions = _opaque_struct()
-    # Like posix_spawn, these return an error number (errno is not set).
-    _check(_LIBC.posix_spawn_file_actions_init(actions))
+    actions = _ACTIONS.get(output_fd)
+    kept = actions is not None
+    if actions is None:
+        actions, kept = _output_actions(_LIBC, output_fd)
+    pid = c_int()
     try:
-        _check(_LIBC.posix_spawn_file_actions_addopen(actions, 0, _DEVNULL, os.O_RDONLY, 0))
-        _check(_LIBC.posix_spawn_file_actions_adddup2(actions, output_fd, 1))
-        _check(_LIBC.posix_spawn_file_actions_adddup2(actions, output_fd, 2))
-        pid = c_int()
         error = _LIBC.posix_spawn(
             byref(pid),
             os.fsencode(path),
@@ -115,9 +113,34 @@ def spawn_in_new_session(path: str, argv: Sequence[str], env: Mapping[str, str],
             (c_char_p * len(environ))(*environ),
         )
     finally:
-        _LIBC.posix_spawn_file_actions_destroy(actions)
+        if not kept:  # a descriptor too high to keep them for, or another thread's were kept
+            _LIBC.posix_spawn_file_actions_destroy(actions)
     _check(error, path)
     return pid.value
+
+
+# The file actions for each output descriptor, made once: a job's log gets the same descriptor
+# number job after job, and making them costs five foreign calls and three system calls
+# (libc checks each descriptor against the process's limit). Read-only once made.
+_ACTIONS: dict[int, ctypes.Array[c_uint64]] = {}
+_MAX_KEPT_FD = 1024
+
+
+def _output_actions(libc: ctypes.CDLL, output_fd: int) -> tuple[ctypes.Array[c_uint64], bool]:
+    """New file actions: stdin from /dev/null, stdout and stderr to `output_fd`, and whether
+    they were kept in `_ACTIONS` (never replaced once there: another thread may be using them)."""
+    actions = _opaque_struct()
+    # Like posix_spawn, these return an error number (errno is not set).
+    _check(libc.posix_spawn_file_actions_init(actions))
+    try:
+        _check(libc.posix_spawn_file_actions_addopen(actions, 0, _DEVNULL, os.O_RDONLY, 0))
+        _check(libc.posix_spawn_file_actions_adddup2(actions, output_fd, 1))
+        _check(libc.posix_spawn_file_actions_adddup2(actions, output_fd, 2))
+    except BaseException:
+        libc.posix_spawn_file_actions_destroy(actions)
+        raise
+    kept = 0 <= output_fd < _MAX_KEPT_FD and _ACTIONS.setdefault(output_fd, actions) is actions
+    return actions, kept
 
 
 def _check(error: int, path: str | None = None) -> None:

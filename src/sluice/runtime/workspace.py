@@ -15,6 +15,7 @@ import shutil
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from stat import S_ISDIR
 
 from sluice.executors.base import LOG_FILE
 from sluice.storage.files import is_plain_file
@@ -59,7 +60,7 @@ class Workspace:
         pool then discards this workspace instead of emptying whatever the link points to.
         """
         for folder in self._folders:
-            if os.path.islink(folder) or not os.path.isdir(folder):
+            if not S_ISDIR(os.lstat(folder).st_mode):  # a link to a folder is no folder here
                 raise OSError(f"{folder} is no longer a plain folder")
         for folder in (*self._folders, self._root):
             with os.scandir(folder) as entries:
