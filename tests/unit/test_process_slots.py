@@ -31,12 +31,26 @@ def invocation(tmp_path: Path, name: str, script: str, timeout: float = 30, **en
 TRACED = 'echo "start $NAME" >> "$TRACE"\nsleep 0.2\necho "end $NAME" >> "$TRACE"\n'
 
 
-def children() -> list[int]:
-    """This process's children, reaped or not (a zombie is listed until it is reaped)."""
-    found = []
+def children() -> set[int]:
+    """This process's children, reaped or not (a zombie is listed until it is reaped), other than
+    those it had before the test (servers the test session started)."""
+    return _children() - _BEFORE
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
-        found += [int(pid) for pid in (task / "children").read_text().split()]
+        found |= {int(pid) for pid in (task / "children").read_text().split()}
     return found
+
+
+_BEFORE: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before() -> None:
+    _BEFORE.clear()
+    _BEFORE.update(_children())
 
 
 def trace(tmp_path: Path) -> list[str]:
@@ -157,7 +171,7 @@ def test_a_run_cancelled_just_as_its_slot_is_granted_is_killed_and_reaped(
         deadline = asyncio.get_running_loop().time() + 10
         while children() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)  # a second cancel leaves the reaping to a thread
-        assert children() == []
+        assert children() == set()
         assert slots.free == 1
 
     asyncio.run(scenario())
@@ -210,7 +224,7 @@ def test_a_start_that_cannot_be_watched_passes_its_slot_on(
         deadline = loop.time() + 10
         while children() and loop.time() < deadline:
             await asyncio.sleep(0.01)  # the refused script is reaped by a thread
-        assert children() == [] and slots.free == 1
+        assert children() == set() and slots.free == 1
         return tuple(results)
 
     refused, following = asyncio.run(asyncio.wait_for(scenario(), 20))
