@@ -252,6 +252,19 @@ def test_the_memory_limit_applies_and_the_container_survives_an_oom_kill(
     assert after.exit_code == 0 and after.output.strip() == "fine"
 
 
+def test_a_job_not_its_container_loop_is_what_an_oom_kill_takes(tmp_path: Path, run_with: Runner) -> None:
+    """The job's processes are the OOM killer's first choice; the loop (PID 1) keeps its default."""
+    folder = workspace(tmp_path, "ws")
+    script = 'echo "job $(cat /proc/self/oom_score_adj) loop $(cat /proc/1/oom_score_adj)"\n'
+
+    async def scenario(ex: ContainerExecutor) -> Completed:
+        return await ex.run(invocation(folder, script))
+
+    done = run_with(scenario)
+    assert done.exit_code == 0
+    assert done.output.strip() == "job 1000 loop 0"
+
+
 def test_at_most_limit_idle_containers_are_kept(tmp_path: Path, run_with: Runner, podman: Podman) -> None:
     folders = [workspace(tmp_path, f"ws{n}") for n in range(3)]
 

@@ -49,6 +49,7 @@ MAX_AGE = 3600.0  # seconds, likewise
 # The job file's exit code when it cannot enter the workspace: 126 ("cannot execute"), as shells
 # use it, rather than a code a script would choose.
 NO_WORKSPACE = 126
+JOB_OOM_SCORE_ADJ = 1000  # any process may raise its own; the loop (PID 1) keeps the default
 ENGINE_FAILED = 125  # `podman run` / `docker run`: the engine failed, the container never ran
 REMOVE_TIMEOUT = 60.0
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -68,6 +69,9 @@ def job_script(invocation: Invocation) -> str:
     lines = [
         f"exec >{shlex.quote(str(log_path))} 2>&1",
         f"cd {shlex.quote(str(invocation.workdir))} || exit {NO_WORKSPACE}",
+        # The job, not the loop, is what a memory limit's OOM killer takes, even the second
+        # time round (the first victim still exiting under load): the container stays warm.
+        f"echo {JOB_OOM_SCORE_ADJ} >/proc/self/oom_score_adj 2>/dev/null",
         *(f"export {name}={shlex.quote(value)}" for name, value in invocation.env.items()),
         "exec " + shlex.join(invocation.argv),
     ]
