@@ -453,3 +453,28 @@ def test_root_is_created(tmp_path: Path) -> None:
     LocalStorage(root)
     assert (root / TMP_DIR).is_dir()
     assert os.listdir(root) == [TMP_DIR]
+
+
+def test_the_quick_check_of_keys_agrees_with_every_rule() -> None:
+    """`validate_key` lets plain keys through on a quick check; it must refuse and accept exactly
+    what the rule by rule check does, at the length limits too (in bytes, not characters)."""
+    from sluice.storage import base
+
+    segment_limit = base.MAX_SEGMENT_BYTES
+    keys = [
+        "a", "in/f1.txt", "a/b/c.json", ".hidden", "a/.b", "...", "a/...",
+        "é" * (segment_limit // 2), "é" * (segment_limit // 2 + 1), "x" * segment_limit,
+        "x" * (segment_limit + 1), "/".join(["s" * 200] * 5) + "/" + "k" * 19, "k" * 1025,
+        "../a", "a/..", "./a", "a/./b", "/a", "\\a", "a\x00b", "a//b", "a/", "", "/", "//",
+    ]  # fmt: skip
+
+    def outcome(check, key: str) -> str:  # type: ignore[no-untyped-def]
+        try:
+            return f"ok {check(key)}"
+        except InvalidObjectKey as exc:
+            return f"refused: {exc}"
+
+    for key in keys:
+        assert outcome(base.validate_key, key) == outcome(lambda k: base._refuse_key(k, k.split("/")), key), (
+            key
+        )

@@ -21,7 +21,7 @@ from sluice.engine.retry import RetryStrategy
 from sluice.executors.base import LOG_FILE
 from sluice.executors.process import INHERITED_ENV, ProcessExecutor
 from sluice.runtime.invocation import InvocationInput, InvocationResult, decode_payload, invoke
-from sluice.runtime.workspace import SPARE_INPUT, Workspace, WorkspacePool
+from sluice.runtime.workspace import Workspace, WorkspacePool
 from sluice.spec.fdl import parse_service
 from sluice.spec.service import ServiceSpec
 from sluice.storage.local import LocalStorage
@@ -47,7 +47,8 @@ def service(script: str, **fields: Any) -> ServiceSpec:
 def leftovers(workspace: Workspace) -> list[str]:
     """What a finished job left in its workspace: the empty input/output folders, the log and the
     spare input file are kept on purpose (plain files, rewritten by the next job)."""
-    kept = {workspace.root / LOG_FILE, workspace.root / SPARE_INPUT}
+    kept = {workspace.root / LOG_FILE, *([Path(workspace.spare)] if workspace.spare else [])}
+    assert workspace.spare is None or Path(workspace.spare).parent == workspace.input_dir
     for path in kept:
         assert not path.exists() or (path.is_file() and not path.is_symlink()), path
     return sorted(
@@ -590,6 +591,22 @@ def test_a_kept_input_file_shows_nothing_of_the_last_job(rt: Runtime) -> None:
     assert one.succeeded and two.succeeded
     assert rt.read("outbox", "results/short.txt") == b"short\n"
     assert two.completed.output == "short.txt\n"  # its own input only, and only its own log
+
+
+def test_the_next_job_gets_the_kept_input_file_under_its_own_name(rt: Runtime) -> None:
+    """The point of keeping it: no new file per job, one rename inside the input folder."""
+    rt.upload("inbox", "data/a.txt", b"a\n")
+    rt.upload("inbox", "data/b.txt", b"b\n")
+    show = 'stat -c %i "$INPUT_FILE_PATH"; ls -A "$TMP_INPUT_DIR"\n'
+    one, two = two_jobs(
+        rt,
+        (show, InvocationInput(job_id="job-1", bucket="inbox", key="data/a.txt")),
+        (show, InvocationInput(job_id="job-2", bucket="inbox", key="data/b.txt")),
+    )
+    inode_one, listed_one = one.completed.output.split()
+    inode_two, listed_two = two.completed.output.split()
+    assert (listed_one, listed_two) == ("a.txt", "b.txt")
+    assert inode_one == inode_two
 
 
 def test_a_posted_payload_is_written_whole_into_a_kept_file(rt: Runtime) -> None:

@@ -91,6 +91,24 @@ def validate_bucket(bucket: str) -> str:
 
 def validate_key(key: str) -> str:
     """Reject keys that could escape a bucket or cannot be stored: `..`, absolute, NUL, empty parts."""
+    # Every upload and job checks keys several times: a plain key passes on a few scans in C.
+    parts = key.split("/")
+    if (
+        key
+        and "\x00" not in key
+        and key[0] != "\\"
+        and "" not in parts
+        and "." not in parts
+        and ".." not in parts
+        and len(key) * 4 <= MAX_KEY_BYTES  # even at 4 bytes a character
+        and max(map(len, parts)) * 4 <= MAX_SEGMENT_BYTES
+    ):
+        return key
+    return _refuse_key(key, parts)
+
+
+def _refuse_key(key: str, parts: list[str]) -> str:
+    """The slow path of `validate_key`: which rule a key breaks (or a long key that is valid)."""
     if not key:
         raise InvalidObjectKey("object key is empty")
     if "\x00" in key:
@@ -99,7 +117,6 @@ def validate_key(key: str) -> str:
         raise InvalidObjectKey(f"object key '{key}' is absolute; give a path relative to the bucket")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidObjectKey(f"object key is longer than {MAX_KEY_BYTES} bytes")
-    parts = key.split("/")
     if any(part in (".", "..") for part in parts):
         raise InvalidObjectKey(f"object key '{key}' contains a '.' or '..' segment")
     if any(part == "" for part in parts[:-1]) or parts[-1] == "":
