@@ -187,6 +187,7 @@ def test_max_length_key_accepted(store: LocalStorage, tmp_path: Path) -> None:
         pytest.param("", id="empty"),
         pytest.param("x" * (MAX_KEY_BYTES + 1), id="too-long"),
         pytest.param("é" * 513, id="too-long-utf8"),
+        pytest.param("in/\udcff.txt", id="lone-surrogate"),
     ],
 )
 def test_bad_keys_rejected_and_nothing_written(
@@ -466,6 +467,7 @@ def test_the_quick_check_of_keys_agrees_with_every_rule() -> None:
         "é" * (segment_limit // 2), "é" * (segment_limit // 2 + 1), "x" * segment_limit,
         "x" * (segment_limit + 1), "/".join(["s" * 200] * 5) + "/" + "k" * 19, "k" * 1025,
         "../a", "a/..", "./a", "a/./b", "/a", "\\a", "a\x00b", "a//b", "a/", "", "/", "//",
+        "a/\udcff", "\ud800", "é/\udc80.txt",
     ]  # fmt: skip
 
     def outcome(check, key: str) -> str:  # type: ignore[no-untyped-def]

@@ -609,6 +609,44 @@ def test_the_next_job_gets_the_kept_input_file_under_its_own_name(rt: Runtime) -
     assert inode_one == inode_two
 
 
+def test_permissions_a_script_gave_its_input_file_never_reach_the_next_job(rt: Runtime) -> None:
+    rt.upload("inbox", "data/a.txt", b"a\n")
+    rt.upload("inbox", "data/b.txt", b"b\n")
+    _, two = two_jobs(
+        rt,
+        ('chmod 4777 "$INPUT_FILE_PATH"', InvocationInput(job_id="job-1", bucket="inbox", key="data/a.txt")),
+        ('stat -c %a "$INPUT_FILE_PATH"', InvocationInput(job_id="job-2", bucket="inbox", key="data/b.txt")),
+    )
+    mode = int(two.completed.output.strip(), 8)
+    assert mode & 0o7002 == 0, f"the next job's input has mode {mode:o}"
+
+
+def test_a_workspace_whose_folder_a_script_locked_is_replaced(rt: Runtime) -> None:
+    """`chmod 555` on its input folder: a server that is not root could then never replace the
+    file left there, and every later job in that workspace would fail."""
+    rt.upload("inbox", "data/a.txt", b"a\n")
+    rt.upload("inbox", "data/b.txt", b"b\n")
+
+    async def scenario() -> list[tuple[InvocationResult, Workspace]]:
+        pool = WorkspacePool(rt.work_root)
+        first = await rt.invoke_in(
+            pool,
+            service('chmod 555 "$TMP_INPUT_DIR"'),
+            InvocationInput(job_id="job-1", bucket="inbox", key="data/a.txt"),
+        )
+        second = await rt.invoke_in(
+            pool,
+            service('ls -A "$TMP_INPUT_DIR"'),
+            InvocationInput(job_id="job-2", bucket="inbox", key="data/b.txt"),
+        )
+        return [first, second]
+
+    (one, ws1), (two, ws2) = asyncio.run(scenario())
+    assert one.succeeded and two.succeeded
+    assert ws2.root != ws1.root
+    assert two.completed.output == "b.txt\n"
+
+
 def test_a_posted_payload_is_written_whole_into_a_kept_file(rt: Runtime) -> None:
     copy = 'cp "$INPUT_FILE_PATH" "$TMP_OUTPUT_DIR/in.json"\n'
     _, two = two_jobs(

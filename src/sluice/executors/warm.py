@@ -71,7 +71,9 @@ def job_script(invocation: Invocation) -> str:
         f"cd {shlex.quote(str(invocation.workdir))} || exit {NO_WORKSPACE}",
         # The job, not the loop, is what a memory limit's OOM killer takes, even the second
         # time round (the first victim still exiting under load): the container stays warm.
-        f"echo {JOB_OOM_SCORE_ADJ} >/proc/self/oom_score_adj 2>/dev/null",
+        # Where /proc refuses it, nothing shows in the job's log (the braces: redirections
+        # apply left to right, so a plain `2>/dev/null` would come too late).
+        f"{{ echo {JOB_OOM_SCORE_ADJ} >/proc/self/oom_score_adj; }} 2>/dev/null",
         *(f"export {name}={shlex.quote(value)}" for name, value in invocation.env.items()),
         "exec " + shlex.join(invocation.argv),
     ]

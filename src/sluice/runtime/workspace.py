@@ -21,7 +21,7 @@ from pathlib import Path
 from stat import S_ISDIR
 
 from sluice.executors.base import LOG_FILE
-from sluice.storage.files import is_plain_file
+from sluice.storage.files import OWN_UID, is_plain_file
 
 
 class Workspace:
@@ -60,9 +60,9 @@ class Workspace:
         Raises OSError if a script replaced a scratch folder (say, by a symlink elsewhere): the
         pool then discards this workspace instead of emptying whatever the link points to.
         """
-        for folder in self._folders:
-            if not S_ISDIR(os.lstat(folder).st_mode):  # a link to a folder is no folder here
-                raise OSError(f"{folder} is no longer a plain folder")
+        for folder in (*self._folders, self._root):
+            if not _our_folder(os.lstat(folder)):
+                raise OSError(f"{folder} is no longer a plain folder of ours")
         kept_spare = None
         for folder in (*self._folders, self._root):
             with os.scandir(folder) as entries:
@@ -87,6 +87,13 @@ class Workspace:
             and entry.is_file(follow_symlinks=False)
             and is_plain_file(entry.stat(follow_symlinks=False))
         )
+
+
+def _our_folder(stat: os.stat_result) -> bool:
+    """A folder (not a link to one) of this process's user that it may still enter and change:
+    a script may have taken its own permissions away (`chmod 555`), which would leave its files
+    where no later job could replace them."""
+    return S_ISDIR(stat.st_mode) and stat.st_uid == OWN_UID and stat.st_mode & 0o700 == 0o700
 
 
 def end_orphans(root: Path) -> int:

@@ -91,17 +91,19 @@ def validate_bucket(bucket: str) -> str:
 
 def validate_key(key: str) -> str:
     """Reject keys that could escape a bucket or cannot be stored: `..`, absolute, NUL, empty parts."""
-    # Every upload and job checks keys several times: a plain key passes on a few scans in C.
+    # Every upload and job checks keys several times: a plain ASCII key passes on a few scans
+    # in C (its length in characters is its length in bytes).
     parts = key.split("/")
     if (
-        key
+        key.isascii()
+        and key
         and "\x00" not in key
         and key[0] != "\\"
         and "" not in parts
         and "." not in parts
         and ".." not in parts
-        and len(key) * 4 <= MAX_KEY_BYTES  # even at 4 bytes a character
-        and max(map(len, parts)) * 4 <= MAX_SEGMENT_BYTES
+        and len(key) <= MAX_KEY_BYTES
+        and max(map(len, parts)) <= MAX_SEGMENT_BYTES
     ):
         return key
     return _refuse_key(key, parts)
@@ -115,7 +117,11 @@ def _refuse_key(key: str, parts: list[str]) -> str:
         raise InvalidObjectKey("object key contains a NUL byte")
     if key.startswith("/") or key.startswith("\\"):
         raise InvalidObjectKey(f"object key '{key}' is absolute; give a path relative to the bucket")
-    if len(key.encode()) > MAX_KEY_BYTES:
+    try:
+        encoded = key.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a JSON escape, a file name that was not UTF-8)
+        raise InvalidObjectKey("object key is not valid UTF-8") from None
+    if len(encoded) > MAX_KEY_BYTES:
         raise InvalidObjectKey(f"object key is longer than {MAX_KEY_BYTES} bytes")
     if any(part in (".", "..") for part in parts):
         raise InvalidObjectKey(f"object key '{key}' contains a '.' or '..' segment")

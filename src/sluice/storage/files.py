@@ -6,10 +6,13 @@ each recently freed one, and 60% of the server's CPU per job went to it. A works
 keeps its log and its staged input between jobs and rewrites them through these helpers.
 
 A script may have left anything under these names (a symlink to a file it cannot reach, a
-second hard link to a stored object, a FIFO that would block an open): a file is reused only
-when it is a plain file with no other name; anything else is removed and a new file created.
+second hard link to a stored object, a FIFO that would block an open, a setuid bit or write
+access for other users): a file is reused only when it is a plain file of this process's user
+with no other name and no such permission; anything else is removed and a new file created.
 This guards the last component of a path only: the folders above it are the caller's to trust
-(a workspace refuses scratch folders a script replaced, and no script of the last job runs on).
+(a workspace refuses scratch folders a script replaced or whose permissions it changed). The
+last job's processes are ended before (their session, or their container); one that left its
+session on the host could still hold the file open: the process executor isolates nothing.
 """
 
 from __future__ import annotations
@@ -18,15 +21,27 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from stat import S_ISDIR, S_ISREG
+from stat import S_ISDIR, S_ISGID, S_ISREG, S_ISUID, S_ISVTX, S_IWOTH
 
 _REUSE = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+# Permissions a script may have given its file that a rewrite would carry over to the next job.
+_ADDED_BY_A_SCRIPT = S_ISUID | S_ISGID | S_ISVTX | S_IWOTH
+OWN_UID = os.geteuid()
+
+
 def is_plain_file(stat: os.stat_result) -> bool:
-    """A regular file that only one name points to: rewriting it changes nothing else."""
-    return S_ISREG(stat.st_mode) and stat.st_nlink == 1
+    """A regular file of this process's user that only one name points to, without setuid,
+    setgid, sticky or write-for-others bits: rewriting it changes nothing else and carries
+    nothing a script set over to the next job."""
+    return (
+        S_ISREG(stat.st_mode)
+        and stat.st_nlink == 1
+        and stat.st_uid == OWN_UID
+        and not stat.st_mode & _ADDED_BY_A_SCRIPT
+    )
 
 
 def open_for_rewrite(path: Path | str) -> int:
